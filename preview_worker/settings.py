@@ -1,0 +1,193 @@
+"""Every setting of the service, read once from the environment into a frozen object."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+ENVIRONMENTS = ("development", "production")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's knobs; field comments give the environment variable and unit."""
+
+    redis_url: str | None = None  # REDIS_URL; None starts an embedded Redis in development
+    data_dir: Path = Path("data")  # DATA_DIR; artifacts live under DATA_DIR/previews
+    queue_name: str = ""  # PREVIEW_QUEUE_NAME; prefixes the queues: <name>-high, ...
+    worker_concurrency: int = 2  # PREVIEW_WORKER_CONCURRENCY; workers in one pool
+    queue_max: int = 10_000  # PREVIEW_QUEUE_MAX; queued jobs before submissions get 503
+    environment: str = "development"  # PREVIEW_ENV; development | production
+    api_tokens: tuple[str, ...] = ()  # PREVIEW_API_TOKENS; comma-separated bearer tokens
+    signing_key: str = ""  # PREVIEW_SIGNING_KEY; signs artifact URLs
+    retry_max: int = 3  # PREVIEW_RETRY_MAX; retries after the first attempt
+    retry_base_delay: float = 2.0  # PREVIEW_RETRY_BASE_DELAY; seconds before the first retry
+    retry_max_delay: float = 300.0  # PREVIEW_RETRY_MAX_DELAY; seconds, cap of any retry gap
+    job_timeout: int = 120  # PREVIEW_JOB_TIMEOUT; seconds one render may run
+    result_ttl: int = 86_400  # PREVIEW_RESULT_TTL; seconds a finished job is kept
+    failure_ttl: int = 604_800  # PREVIEW_FAILURE_TTL; seconds a dead letter is kept
+    queued_ttl: int = 3_600  # PREVIEW_QUEUED_TTL; seconds a job may wait on its queue
+    max_body_bytes: int = 1_048_576  # PREVIEW_MAX_BODY_BYTES; largest payload accepted
+    artifact_url_ttl: int = 3_600  # PREVIEW_ARTIFACT_URL_TTL; seconds a signed URL works
+    log_level: str = "INFO"  # PREVIEW_LOG_LEVEL
+
+    @property
+    def production(self) -> bool:
+        """Whether the service runs in production mode."""
+        return self.environment == "production"
+
+
+def _integer(name: str, raw: str, minimum: int) -> int:
+    """Parse an integer setting no smaller than minimum."""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _seconds(name: str, raw: str, minimum: float) -> float:
+    """Parse a number of seconds no smaller than minimum."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):
+        raise SettingsError(f"{name} must be a finite number of seconds >= {minimum}, got {raw!r}")
+    return value
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    """Parse a setting that must be one of a few words."""
+    value = raw.strip()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _redis_url(name: str, raw: str) -> str:
+    """Check that a Redis URL has a known scheme and a host or socket path."""
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise SettingsError(
+            f"{name} must be a URL starting with redis://, rediss:// or unix://, "
+            f"got {redact_url(value)!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise SettingsError(f"{name} has a bad port: {redact_url(value)!r}") from None
+    if parts.scheme == "unix" and not parts.path or parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(f"{name} names no host or socket: {redact_url(value)!r}")
+    return value
+
+
+def _queue_name(name: str, raw: str) -> str:
+    """Check a queue prefix: a short name of safe characters."""
+    value = raw.strip()
+    if not QUEUE_NAME_PATTERN.match(value):
+        raise SettingsError(
+            f"{name} must be 1-64 letters, digits, '_', '.' or '-', got {raw!r}"
+        )
+    return value
+
+
+def _tokens(name: str, raw: str) -> tuple[str, ...]:
+    """Split a comma-separated token list, refusing tokens too short to be secret."""
+    tokens = tuple(token.strip() for token in raw.split(",") if token.strip())
+    if any(len(token) < 16 for token in tokens):
+        raise SettingsError(f"{name} holds a token shorter than 16 characters")
+    return tokens
+
+
+def redact_url(url: str) -> str:
+    """Return a URL with any password replaced, safe for logs and health reports."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return parts._replace(netloc=f"{user}***@{netloc}").geturl()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from an environment, raising SettingsError naming a bad variable."""
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+
+    def read(name: str, parse: Callable[[str, str], T], default: T) -> T:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        return parse(name, raw)
+
+    return Settings(
+        redis_url=read("REDIS_URL", _redis_url, defaults.redis_url),
+        data_dir=read("DATA_DIR", lambda _n, raw: Path(raw.strip()), defaults.data_dir),
+        queue_name=read("PREVIEW_QUEUE_NAME", _queue_name, defaults.queue_name),
+        worker_concurrency=read(
+            "PREVIEW_WORKER_CONCURRENCY",
+            lambda n, raw: _integer(n, raw, 1),
+            defaults.worker_concurrency,
+        ),
+        queue_max=read("PREVIEW_QUEUE_MAX", lambda n, raw: _integer(n, raw, 1), defaults.queue_max),
+        environment=read(
+            "PREVIEW_ENV", lambda n, raw: _choice(n, raw, ENVIRONMENTS), defaults.environment
+        ),
+        api_tokens=read("PREVIEW_API_TOKENS", _tokens, defaults.api_tokens),
+        signing_key=read("PREVIEW_SIGNING_KEY", lambda _n, raw: raw.strip(), defaults.signing_key),
+        retry_max=read("PREVIEW_RETRY_MAX", lambda n, raw: _integer(n, raw, 0), defaults.retry_max),
+        retry_base_delay=read(
+            "PREVIEW_RETRY_BASE_DELAY", lambda n, raw: _seconds(n, raw, 0), defaults.retry_base_delay
+        ),
+        retry_max_delay=read(
+            "PREVIEW_RETRY_MAX_DELAY", lambda n, raw: _seconds(n, raw, 0), defaults.retry_max_delay
+        ),
+        job_timeout=read(
+            "PREVIEW_JOB_TIMEOUT", lambda n, raw: _integer(n, raw, 1), defaults.job_timeout
+        ),
+        result_ttl=read(
+            "PREVIEW_RESULT_TTL", lambda n, raw: _integer(n, raw, 1), defaults.result_ttl
+        ),
+        failure_ttl=read(
+            "PREVIEW_FAILURE_TTL", lambda n, raw: _integer(n, raw, 1), defaults.failure_ttl
+        ),
+        queued_ttl=read(
+            "PREVIEW_QUEUED_TTL", lambda n, raw: _integer(n, raw, 1), defaults.queued_ttl
+        ),
+        max_body_bytes=read(
+            "PREVIEW_MAX_BODY_BYTES", lambda n, raw: _integer(n, raw, 1024), defaults.max_body_bytes
+        ),
+        artifact_url_ttl=read(
+            "PREVIEW_ARTIFACT_URL_TTL", lambda n, raw: _integer(n, raw, 1), defaults.artifact_url_ttl
+        ),
+        log_level=read(
+            "PREVIEW_LOG_LEVEL",
+            lambda n, raw: _choice(n, raw.upper(), LOG_LEVELS),
+            defaults.log_level,
+        ),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process's settings, read from the environment on first use."""
+    return load_settings()
