@@ -60,10 +60,12 @@ def _problems_of(error: ValidationError) -> list[Problem]:
     path = list(error.absolute_path)
     if error.validator == "required" and isinstance(error.instance, dict):
         # Point at the missing member itself, which is where an editor shows the problem.
-        missing = [name for name in error.validator_value if name not in error.instance]
+        required: Any = error.validator_value
+        missing = [name for name in required if name not in error.instance]
         return [Problem(json_pointer([*path, name]), "is required") for name in missing]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(error.schema.get("properties", {}))
+        schema: Any = error.schema
+        allowed = set(schema.get("properties", {}))
         extra = [name for name in error.instance if name not in allowed]
         return [Problem(json_pointer([*path, name]), "is not an allowed field") for name in extra]
     return [Problem(json_pointer(path), _message(error))]
@@ -77,7 +79,7 @@ def _message(error: ValidationError) -> str:
         "enum": f"must be one of {_words(limit)}",
         "const": f"must be {json.dumps(limit)}",
         "pattern": f"must match the pattern {limit}",
-        "minLength": "must not be empty" if limit == 1 else f"must be at least {limit} characters long",
+        "minLength": f"must be at least {limit} characters long",
         "maxLength": f"must be at most {limit} characters long",
         "minItems": f"must have at least {limit} item{'' if limit == 1 else 's'}",
         "maxItems": f"must have at most {limit} item{'' if limit == 1 else 's'}",
@@ -85,7 +87,9 @@ def _message(error: ValidationError) -> str:
         "minimum": f"must be at least {limit}",
         "maximum": f"must be at most {limit}",
     }
-    message = messages.get(str(rule), error.message)
+    if rule == "minLength" and limit == 1:
+        messages["minLength"] = "must not be empty"
+    message: str = messages.get(str(rule), error.message)
     return message if len(message) <= 200 else message[:199] + "\u2026"
 
 
@@ -121,7 +125,7 @@ def _refuse_constant(name: str) -> Any:
 
 
 def parse_payload(body: bytes, limit: int) -> Any:
-    """Check a body's size, then parse it as strict JSON; raise PayloadTooLarge or PayloadNotJSON."""
+    """Check a body's size, then parse it as strict JSON, or raise PayloadTooLarge/NotJSON."""
     check_body_size(body, limit)
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)

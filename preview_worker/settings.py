@@ -139,51 +139,40 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             return default
         return parse(name, raw)
 
+    def whole(minimum: int) -> Callable[[str, str], int]:
+        return lambda name, raw: _integer(name, raw, minimum)
+
+    def seconds(minimum: float) -> Callable[[str, str], float]:
+        return lambda name, raw: _seconds(name, raw, minimum)
+
+    def one_of(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+        # Log levels are case-blind, as the logging module's own names are.
+        fold = str.upper if choices is LOG_LEVELS else str.strip
+        return lambda name, raw: _choice(name, fold(raw), choices)
+
     return Settings(
         redis_url=read("REDIS_URL", _redis_url, defaults.redis_url),
-        data_dir=read("DATA_DIR", lambda _n, raw: Path(raw.strip()), defaults.data_dir),
+        data_dir=read("DATA_DIR", lambda _name, raw: Path(raw.strip()), defaults.data_dir),
         queue_name=read("PREVIEW_QUEUE_NAME", _queue_name, defaults.queue_name),
         worker_concurrency=read(
-            "PREVIEW_WORKER_CONCURRENCY",
-            lambda n, raw: _integer(n, raw, 1),
-            defaults.worker_concurrency,
+            "PREVIEW_WORKER_CONCURRENCY", whole(1), defaults.worker_concurrency
         ),
-        queue_max=read("PREVIEW_QUEUE_MAX", lambda n, raw: _integer(n, raw, 1), defaults.queue_max),
-        environment=read(
-            "PREVIEW_ENV", lambda n, raw: _choice(n, raw, ENVIRONMENTS), defaults.environment
-        ),
+        queue_max=read("PREVIEW_QUEUE_MAX", whole(1), defaults.queue_max),
+        environment=read("PREVIEW_ENV", one_of(ENVIRONMENTS), defaults.environment),
         api_tokens=read("PREVIEW_API_TOKENS", _tokens, defaults.api_tokens),
-        signing_key=read("PREVIEW_SIGNING_KEY", lambda _n, raw: raw.strip(), defaults.signing_key),
-        retry_max=read("PREVIEW_RETRY_MAX", lambda n, raw: _integer(n, raw, 0), defaults.retry_max),
-        retry_base_delay=read(
-            "PREVIEW_RETRY_BASE_DELAY", lambda n, raw: _seconds(n, raw, 0), defaults.retry_base_delay
+        signing_key=read(
+            "PREVIEW_SIGNING_KEY", lambda _name, raw: raw.strip(), defaults.signing_key
         ),
-        retry_max_delay=read(
-            "PREVIEW_RETRY_MAX_DELAY", lambda n, raw: _seconds(n, raw, 0), defaults.retry_max_delay
-        ),
-        job_timeout=read(
-            "PREVIEW_JOB_TIMEOUT", lambda n, raw: _integer(n, raw, 1), defaults.job_timeout
-        ),
-        result_ttl=read(
-            "PREVIEW_RESULT_TTL", lambda n, raw: _integer(n, raw, 1), defaults.result_ttl
-        ),
-        failure_ttl=read(
-            "PREVIEW_FAILURE_TTL", lambda n, raw: _integer(n, raw, 1), defaults.failure_ttl
-        ),
-        queued_ttl=read(
-            "PREVIEW_QUEUED_TTL", lambda n, raw: _integer(n, raw, 1), defaults.queued_ttl
-        ),
-        max_body_bytes=read(
-            "PREVIEW_MAX_BODY_BYTES", lambda n, raw: _integer(n, raw, 1024), defaults.max_body_bytes
-        ),
-        artifact_url_ttl=read(
-            "PREVIEW_ARTIFACT_URL_TTL", lambda n, raw: _integer(n, raw, 1), defaults.artifact_url_ttl
-        ),
-        log_level=read(
-            "PREVIEW_LOG_LEVEL",
-            lambda n, raw: _choice(n, raw.upper(), LOG_LEVELS),
-            defaults.log_level,
-        ),
+        retry_max=read("PREVIEW_RETRY_MAX", whole(0), defaults.retry_max),
+        retry_base_delay=read("PREVIEW_RETRY_BASE_DELAY", seconds(0), defaults.retry_base_delay),
+        retry_max_delay=read("PREVIEW_RETRY_MAX_DELAY", seconds(0), defaults.retry_max_delay),
+        job_timeout=read("PREVIEW_JOB_TIMEOUT", whole(1), defaults.job_timeout),
+        result_ttl=read("PREVIEW_RESULT_TTL", whole(1), defaults.result_ttl),
+        failure_ttl=read("PREVIEW_FAILURE_TTL", whole(1), defaults.failure_ttl),
+        queued_ttl=read("PREVIEW_QUEUED_TTL", whole(1), defaults.queued_ttl),
+        max_body_bytes=read("PREVIEW_MAX_BODY_BYTES", whole(1024), defaults.max_body_bytes),
+        artifact_url_ttl=read("PREVIEW_ARTIFACT_URL_TTL", whole(1), defaults.artifact_url_ttl),
+        log_level=read("PREVIEW_LOG_LEVEL", one_of(LOG_LEVELS), defaults.log_level),
     )
 
 

@@ -1,0 +1,110 @@
+"""`preview-worker validate` exits 0 valid, 1 invalid, 2 unreadable, in and out of process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from preview_worker.cli import cli
+
+from .conftest import PAYLOADS, ROOT
+
+MINIMAL = str(PAYLOADS / "preview_payload_minimal.json")
+FULL = str(PAYLOADS / "preview_payload_full.json")
+BAD_TITLE = str(PAYLOADS / "invalid" / "empty-title.json")
+NO_STEPS = str(PAYLOADS / "invalid" / "no-steps.json")
+
+
+def test_valid_files_exit_0(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["validate", MINIMAL, FULL])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"{MINIMAL}: valid", f"{FULL}: valid"]
+
+
+def test_invalid_file_exits_1_with_one_line_per_problem(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["validate", MINIMAL, BAD_TITLE, NO_STEPS])
+    assert result.exit_code == 1
+    assert f"{BAD_TITLE}: /content/title: must not be empty" in result.output.splitlines()
+    assert f"{NO_STEPS}: /content/steps: must have at least 1 item" in result.output.splitlines()
+
+
+def test_missing_file_exits_2_without_traceback(runner: CliRunner, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.json")
+    result = runner.invoke(cli, ["validate", BAD_TITLE, missing])
+    assert result.exit_code == 2
+    assert f"{missing}: cannot read: No such file or directory" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_bad_json_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"tutorialId": ', "utf-8")
+    result = runner.invoke(cli, ["validate", str(broken)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"{broken}: not valid JSON")
+
+
+def test_oversized_file_is_invalid_without_parsing(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREVIEW_MAX_BODY_BYTES", "1024")
+    big = tmp_path / "big.json"
+    big.write_text("[" * 5000, "utf-8")
+    result = runner.invoke(cli, ["validate", str(big)])
+    assert result.exit_code == 1
+    assert "(root): payload is 1025 bytes, over the limit of 1024 bytes" in result.output
+
+
+def test_standard_input(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["validate", "-"], input=Path(MINIMAL).read_text("utf-8"))
+    assert result.exit_code == 0
+    assert result.output == "-: valid\n"
+
+
+def test_json_output_is_machine_readable(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["validate", "--json", MINIMAL, BAD_TITLE])
+    assert result.exit_code == 1
+    assert json.loads(result.output) == {
+        "valid": False,
+        "results": [
+            {"file": MINIMAL, "valid": True, "error": None, "problems": []},
+            {
+                "file": BAD_TITLE,
+                "valid": False,
+                "error": None,
+                "problems": [{"path": "/content/title", "message": "must not be empty"}],
+            },
+        ],
+    }
+
+
+def test_no_path_is_a_usage_error(runner: CliRunner) -> None:
+    assert runner.invoke(cli, ["validate"]).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("paths", "code"), [([MINIMAL], 0), ([BAD_TITLE], 1), (["/nonexistent.json"], 2)]
+)
+def test_installed_command_exit_codes(paths: list[str], code: int) -> None:
+    command = shutil.which("preview-worker", path=os.path.dirname(sys.executable))
+    assert command, "the console script is installed next to the interpreter"
+    done = subprocess.run([command, "validate", *paths], capture_output=True, text=True)
+    assert done.returncode == code
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("paths", "code"), [([FULL], 0), ([NO_STEPS], 1)])
+def test_operator_script_wraps_the_command(paths: list[str], code: int) -> None:
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        [str(ROOT / "bin" / "validate-payload"), *paths], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == code
+    assert done.stdout.splitlines()[0].startswith(paths[0])

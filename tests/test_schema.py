@@ -1,0 +1,172 @@
+"""The payload schema and validate_payload: recorded examples, all problems at once, no crash."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from preview_worker import validate_payload
+from preview_worker.schema import (
+    PayloadNotJSON,
+    PayloadTooLarge,
+    Problem,
+    load_schema,
+    parse_payload,
+    payload_validator,
+)
+
+from .conftest import PAYLOADS, ROOT
+
+EXPECTED = json.loads((PAYLOADS / "invalid" / "expected.json").read_text("utf-8"))
+
+
+def load(path: Path) -> Any:
+    """Read a JSON payload file."""
+    return json.loads(path.read_text("utf-8"))
+
+
+@pytest.mark.parametrize("name", ["preview_payload_minimal.json", "preview_payload_full.json"])
+def test_valid_examples_are_accepted(name: str) -> None:
+    assert validate_payload(load(PAYLOADS / name)) == []
+
+
+def test_every_invalid_example_is_recorded() -> None:
+    on_disk = {path.name for path in (PAYLOADS / "invalid").glob("*.json")} - {"expected.json"}
+    assert on_disk == set(EXPECTED)
+    assert len(on_disk) >= 12
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_invalid_example_gives_its_recorded_path(name: str) -> None:
+    problems = validate_payload(load(PAYLOADS / "invalid" / name))
+    assert [problem.path for problem in problems] == [EXPECTED[name]["path"]]
+
+
+def test_all_problems_are_reported_at_once_and_sorted() -> None:
+    payload = {
+        "tutorialId": "Not A Slug",
+        "priority": "urgent",
+        "extra": True,
+        "content": {"title": "", "steps": [{"body": 5}]},
+        "output": {"theme": "sepia", "width": 99999},
+    }
+    problems = validate_payload(payload)
+    assert [problem.path for problem in problems] == [
+        "/content/steps/0/body",
+        "/content/steps/0/title",
+        "/content/title",
+        "/extra",
+        "/output/theme",
+        "/output/width",
+        "/priority",
+        "/tutorialId",
+    ]
+    assert problems == sorted(problems)
+
+
+def test_messages_do_not_echo_huge_values() -> None:
+    payload = load(PAYLOADS / "preview_payload_minimal.json")
+    payload["content"]["title"] = "x" * 100_000
+    [problem] = validate_payload(payload)
+    assert problem == Problem("/content/title", "must be at most 200 characters long")
+
+
+def test_pointer_escapes_slash_and_tilde_in_names() -> None:
+    payload = load(PAYLOADS / "preview_payload_minimal.json")
+    payload["a/b~c"] = 1
+    assert [problem.path for problem in validate_payload(payload)] == ["/a~1b~0c"]
+
+
+def nested(depth: int) -> Any:
+    """Build a list nested depth times."""
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, 0, -1.5, "", "text", [], {}, nested(5000), {"content": nested(5000)},
+     {"tutorialId": None, "content": {"steps": [None, 1, "x", [], {}]}}],
+)
+def test_any_json_value_gives_problems_not_an_exception(value: Any) -> None:
+    problems = validate_payload(value)
+    assert problems and all(isinstance(problem, Problem) for problem in problems)
+
+
+def test_validator_is_compiled_once() -> None:
+    assert payload_validator() is payload_validator()
+
+
+def test_schema_bounds_every_string_and_array() -> None:
+    unbounded = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "string" and "maxLength" not in node and "enum" not in node:
+                unbounded.append(where)
+            if node.get("type") == "array" and "maxItems" not in node:
+                unbounded.append(where)
+            for key, child in node.items():
+                walk(child, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, f"{where}/{index}")
+
+    walk(load_schema(), "")
+    assert unbounded == []
+
+
+def test_body_over_the_limit_is_refused_before_parsing() -> None:
+    with pytest.raises(PayloadTooLarge, match="over the limit of 1024 bytes"):
+        parse_payload(b"{" * 1025, 1024)  # not JSON: parsing would fail differently
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{", "not valid JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b'{"a": NaN}', "NaN is not valid JSON"),
+        (b"[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(PayloadNotJSON, match=reason):
+        parse_payload(body, 1_000_000)
+
+
+def test_schema_ships_inside_the_wheel(tmp_path: Path) -> None:
+    """Given a wheel built from the checkout, When imported outside it, Then it validates."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    [wheel] = tmp_path.glob("preview_worker-*.whl")
+    assert "preview_worker/schemas/preview-job.schema.json" in zipfile.ZipFile(wheel).namelist()
+    check = (
+        "import json, sys, preview_worker;"
+        "assert preview_worker.__file__.startswith(sys.argv[1]), preview_worker.__file__;"
+        "print(json.dumps([p.as_dict() for p in preview_worker.validate_payload({})]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(wheel)],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(wheel), "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(done.stdout) == [
+        {"path": "/content", "message": "is required"},
+        {"path": "/tutorialId", "message": "is required"},
+    ]

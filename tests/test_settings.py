@@ -1,0 +1,119 @@
+"""Settings: read once from the environment; a bad value stops start-up with one clear line."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from preview_worker.settings import Settings, SettingsError, load_settings, redact_url
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert settings.redis_url is None and not settings.production
+
+
+def test_every_variable_is_read() -> None:
+    settings = load_settings(
+        {
+            "REDIS_URL": "redis://cache.internal:6380/2",
+            "DATA_DIR": "/srv/previews",
+            "PREVIEW_QUEUE_NAME": "tutorials",
+            "PREVIEW_WORKER_CONCURRENCY": "4",
+            "PREVIEW_QUEUE_MAX": "50",
+            "PREVIEW_ENV": "production",
+            "PREVIEW_API_TOKENS": "0123456789abcdef, fedcba9876543210",
+            "PREVIEW_SIGNING_KEY": "secret-key",
+            "PREVIEW_RETRY_MAX": "5",
+            "PREVIEW_RETRY_BASE_DELAY": "0.5",
+            "PREVIEW_RETRY_MAX_DELAY": "60",
+            "PREVIEW_JOB_TIMEOUT": "30",
+            "PREVIEW_RESULT_TTL": "600",
+            "PREVIEW_FAILURE_TTL": "3600",
+            "PREVIEW_QUEUED_TTL": "900",
+            "PREVIEW_MAX_BODY_BYTES": "65536",
+            "PREVIEW_ARTIFACT_URL_TTL": "120",
+            "PREVIEW_LOG_LEVEL": "debug",
+        }
+    )
+    assert settings == Settings(
+        redis_url="redis://cache.internal:6380/2",
+        data_dir=Path("/srv/previews"),
+        queue_name="tutorials",
+        worker_concurrency=4,
+        queue_max=50,
+        environment="production",
+        api_tokens=("0123456789abcdef", "fedcba9876543210"),
+        signing_key="secret-key",
+        retry_max=5,
+        retry_base_delay=0.5,
+        retry_max_delay=60.0,
+        job_timeout=30,
+        result_ttl=600,
+        failure_ttl=3600,
+        queued_ttl=900,
+        max_body_bytes=65536,
+        artifact_url_ttl=120,
+        log_level="DEBUG",
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.queue_max = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PREVIEW_WORKER_CONCURRENCY", "abc"),
+        ("PREVIEW_WORKER_CONCURRENCY", "0"),
+        ("REDIS_URL", "notaurl"),
+        ("REDIS_URL", "http://localhost:6379"),
+        ("REDIS_URL", "redis://localhost:port/0"),
+        ("REDIS_URL", "redis://"),
+        ("PREVIEW_QUEUE_MAX", "-3"),
+        ("PREVIEW_QUEUE_NAME", "bad name!"),
+        ("PREVIEW_ENV", "staging"),
+        ("PREVIEW_RETRY_BASE_DELAY", "soon"),
+        ("PREVIEW_RETRY_MAX_DELAY", "inf"),
+        ("PREVIEW_API_TOKENS", "short"),
+        ("PREVIEW_LOG_LEVEL", "loud"),
+    ],
+)
+def test_bad_value_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name} "):
+        load_settings({name: value})
+
+
+def test_redis_password_never_appears_in_an_error() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"REDIS_URL": "redis://user:hunter2@host:notaport/0"})
+    assert "hunter2" not in str(raised.value)
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    assert redact_url("redis://user:hunter2@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact_url("redis://:hunter2@host/0") == "redis://:***@host/0"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("PREVIEW_WORKER_CONCURRENCY", "abc"), ("REDIS_URL", "notaurl")]
+)
+def test_command_stops_with_one_line_and_no_traceback(name: str, value: str) -> None:
+    env = {**os.environ, name: value}
+    done = subprocess.run(
+        [sys.executable, "-m", "preview_worker", "validate", "-"],
+        input="{}",
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert name in done.stderr
