@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
+import redis
 
+from preview_worker import dead_letters, queueing, recovery
+from preview_worker.embedded_redis import EmbeddedRedis, development_url_file
 from preview_worker.schema import (
     PayloadNotJSON,
     PayloadTooLarge,
@@ -120,6 +126,196 @@ def validate(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
     else:
         print_results(results)
     sys.exit(exit_code_of(results))
+
+
+def redis_url_of(settings: Settings) -> str:
+    """Return REDIS_URL, else the URL of the development Redis a running service started."""
+    if settings.redis_url:
+        return settings.redis_url
+    url_file = development_url_file(settings.data_dir)
+    if url_file.is_file():
+        return url_file.read_text("utf-8").strip()
+    raise click.ClickException(
+        "no Redis: set REDIS_URL, or start the service (preview-worker worker) first"
+    )
+
+
+@contextlib.contextmanager
+def service_redis(settings: Settings) -> Iterator[str]:
+    """Yield REDIS_URL, or start an embedded persistent Redis under DATA_DIR for development."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    url_file = development_url_file(settings.data_dir)
+    with EmbeddedRedis(data_dir=url_file.parent, persistent=True) as server:
+        url_file.write_text(server.url, "utf-8")
+        click.echo(f"started an embedded Redis at {server.url} (set REDIS_URL to use your own)")
+        try:
+            yield server.url
+        finally:
+            url_file.unlink(missing_ok=True)
+
+
+def connection_of(settings: Settings) -> redis.Redis:
+    """Connect to the service's Redis, or stop with a clear line when it is unreachable."""
+    connection = queueing.connect(redis_url_of(settings))
+    try:
+        connection.ping()
+    except redis.RedisError as error:
+        raise click.ClickException(f"Redis is unreachable: {error}") from None
+    return connection
+
+
+def echo_json(value: Any) -> None:
+    """Print a value as indented JSON."""
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+@cli.command()
+@click.option("--concurrency", type=click.IntRange(1), help="Workers [PREVIEW_WORKER_CONCURRENCY].")
+@click.option("--burst", is_flag=True, help="Stop once the queues are empty.")
+@click.option(
+    "--kind",
+    type=click.Choice(["simple", "fork"]),
+    default="simple",
+    show_default=True,
+    help="Run jobs in the worker process (simple) or in a forked process per job (fork).",
+)
+@click.option(
+    "--max-jobs", type=click.IntRange(1), default=500, show_default=True,
+    help="Jobs a worker runs before a fresh process replaces it.",
+)
+@click.pass_obj
+def worker(
+    settings: Settings, concurrency: int | None, burst: bool, kind: str, max_jobs: int
+) -> None:
+    """Run a pool of workers on high, normal and low, with the retry scheduler and recovery."""
+    from preview_worker.worker import WorkerPool
+
+    with service_redis(settings) as url:
+        WorkerPool(
+            redis_url=url,
+            settings=settings,
+            concurrency=concurrency or settings.worker_concurrency,
+            kind=kind,
+            burst=burst,
+            max_jobs=max_jobs,
+        ).run()
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--priority", type=click.Choice(queueing.PRIORITIES), help="Override the payload's.")
+@click.option("--wait", is_flag=True, help="Wait until every job has ended.")
+@click.pass_obj
+def enqueue(settings: Settings, paths: tuple[str, ...], priority: str | None, wait: bool) -> None:
+    """Submit payload files as preview jobs; exit 1 if any is invalid, refused or fails."""
+    results = [read_payload_file(path, settings) for path in paths]
+    if not all(result.valid for result in results):
+        print_results([result for result in results if not result.valid])
+        sys.exit(exit_code_of(results))
+    connection = connection_of(settings)
+    submissions = []
+    for result in results:
+        payload = {**result.payload, "priority": priority} if priority else result.payload
+        try:
+            submission = queueing.submit(connection, settings, payload)
+        except queueing.QueueFull as error:
+            raise click.ClickException(str(error)) from None
+        submissions.append(submission)
+        click.echo(f"{result.name}: {submission.job_id} {submission.status}"
+                   f"{' (duplicate)' if submission.duplicate else ''} on {submission.queue}")
+    if wait and not all(wait_for(connection, s.job_id) == "finished" for s in submissions):
+        sys.exit(EXIT_INVALID)
+
+
+def wait_for(connection: redis.Redis, job_id: str) -> str:
+    """Poll a job until it ends; print and return its final status."""
+    delay = 0.1
+    while True:
+        status = queueing.job_status(connection, job_id)
+        ended = status["status"] in ("finished", "canceled") or status["deadLettered"]
+        if ended:
+            error = status["error"]
+            reason = f": {error['type']}: {error['message']}" if error else ""
+            click.echo(f"{job_id}: {status['status']}{reason}")
+            return str(status["status"])
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_obj
+def status(settings: Settings, job_id: str) -> None:
+    """Print a job's status as JSON; exit 1 when there is no such job."""
+    try:
+        echo_json(queueing.job_status(connection_of(settings), job_id))
+    except queueing.JobNotFound as error:
+        raise click.ClickException(str(error)) from None
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_obj
+def cancel(settings: Settings, job_id: str) -> None:
+    """Cancel a waiting job or stop a running one; exit 1 when it already ended."""
+    try:
+        click.echo(f"{job_id}: {queueing.cancel(connection_of(settings), job_id)}")
+    except (queueing.JobNotFound, queueing.JobAlreadyEnded) as error:
+        raise click.ClickException(str(error)) from None
+
+
+@cli.command()
+@click.pass_obj
+def recover(settings: Settings) -> None:
+    """Run one recovery pass: bring back jobs that dead workers left behind."""
+    echo_json(recovery.recover(connection_of(settings)).as_dict())
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect, requeue or purge the dead-letter queue."""
+
+
+@dlq.command("list")
+@click.pass_obj
+def dlq_list(settings: Settings) -> None:
+    """List dead-lettered jobs with why they failed."""
+    echo_json(dead_letters.list_dead_letters(connection_of(settings), settings))
+
+
+def _one_or_all(job_id: str | None, every: bool) -> str | None:
+    """Check that exactly one of a job id and --all was given."""
+    if (job_id is None) == (not every):
+        raise click.UsageError("give a job id or --all, not both")
+    return job_id
+
+
+@dlq.command("requeue")
+@click.argument("job_id", required=False)
+@click.option("--all", "every", is_flag=True, help="Requeue every dead-lettered job.")
+@click.pass_obj
+def dlq_requeue(settings: Settings, job_id: str | None, every: bool) -> None:
+    """Put a dead-lettered job (or all) back on its queue with fresh retries."""
+    try:
+        done = dead_letters.requeue(connection_of(settings), settings, _one_or_all(job_id, every))
+    except dead_letters.NotDeadLettered as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"requeued {len(done)}: {' '.join(done)}")
+
+
+@dlq.command("purge")
+@click.argument("job_id", required=False)
+@click.option("--all", "every", is_flag=True, help="Purge every dead-lettered job.")
+@click.pass_obj
+def dlq_purge(settings: Settings, job_id: str | None, every: bool) -> None:
+    """Delete a dead-lettered job (or all) for good."""
+    try:
+        done = dead_letters.purge(connection_of(settings), settings, _one_or_all(job_id, every))
+    except dead_letters.NotDeadLettered as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"purged {len(done)}: {' '.join(done)}")
 
 
 def main() -> None:

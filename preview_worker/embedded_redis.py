@@ -142,3 +142,8 @@ class EmbeddedRedis:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def development_url_file(data_dir: Path) -> Path:
+    """Return the file where a development Redis started by the service writes its URL."""
+    return data_dir / "redis" / "redis.url"

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from click.testing import CliRunner
 
 from preview_worker.embedded_redis import EmbeddedRedis
+from preview_worker.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ROOT / "payloads"
@@ -52,3 +55,36 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         if name == "REDIS_URL" or name == "DATA_DIR" or name.startswith("PREVIEW_"):
             if name != "PREVIEW_TEST_REDIS_URL":
                 monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """Give an empty artifact store directory."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(redis_url: str, data_dir: Path) -> Settings:
+    """Give settings on the test Redis with short retry gaps, as the workers will read them."""
+    return load_settings(service_environment(redis_url, data_dir))
+
+
+def service_environment(redis_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """Return the environment variables of a worker process under test."""
+    return {
+        "REDIS_URL": redis_url,
+        "DATA_DIR": str(data_dir),
+        "PREVIEW_RETRY_MAX": "3",
+        "PREVIEW_RETRY_BASE_DELAY": "1",
+        "PREVIEW_RETRY_MAX_DELAY": "8",
+        "PREVIEW_JOB_TIMEOUT": "60",
+        **extra,
+    }
+
+
+def load_payload(name: str) -> dict[str, Any]:
+    """Read an example payload from payloads/."""
+    payload: dict[str, Any] = json.loads((PAYLOADS / name).read_text("utf-8"))
+    return payload

@@ -1,0 +1,154 @@
+"""Jobs per second through our queue and workers, against raw RQ doing the same work.
+
+Every figure of one run comes from the same machine state; compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue, SimpleWorker, Worker
+
+from preview_worker import queueing
+from preview_worker.embedded_redis import EmbeddedRedis
+from preview_worker.settings import Settings, get_settings
+from preview_worker.storage import ArtifactStore
+from preview_worker.worker import DEFAULT_MAX_JOBS, run_worker
+
+PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
+WORKERS = 2
+
+
+def noop(payload: dict[str, Any]) -> None:
+    """Do nothing: the job that measures the queue's own cost."""
+
+
+def run_processes(target: Callable[..., Any], args: list[tuple[Any, ...]]) -> float:
+    """Run one forked process per argument tuple; return the seconds until all have exited."""
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=target, args=each) for each in args]
+    start = time.perf_counter()
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    return time.perf_counter() - start
+
+
+def raw_worker(url: str, worker_class: type[Worker] | type[SimpleWorker]) -> None:
+    """Run a plain RQ worker of a class in burst mode on the three queues."""
+    connection = redis.Redis.from_url(url)
+    queues = [Queue(name, connection=connection) for name in queueing.PRIORITIES]
+    worker_class(queues, connection=connection).work(burst=True, logging_level="WARNING")
+
+
+def our_worker(url: str, settings: Settings, kind: str, index: int) -> None:
+    """Run one worker of our pool in burst mode."""
+    run_worker(url, settings, kind, index, True, DEFAULT_MAX_JOBS)
+
+
+def measure(
+    connection: redis.Redis, enqueue: Callable[[int], object], count: int, work: Callable[[], float]
+) -> tuple[float, float]:
+    """Enqueue count jobs, then run the workers; return enqueues/s and jobs/s."""
+    connection.flushdb()
+    start = time.perf_counter()
+    for number in range(count):
+        enqueue(number)
+    enqueue_rate = count / (time.perf_counter() - start)
+    return enqueue_rate, count / work()
+
+
+def minimal(number: int) -> dict[str, Any]:
+    """Return a distinct minimal payload."""
+    payload: dict[str, Any] = json.loads((PAYLOADS / "preview_payload_minimal.json").read_text())
+    return {**payload, "revision": number}
+
+
+def full(number: int) -> dict[str, Any]:
+    """Return a distinct full payload: its title differs, so nothing is a cache hit."""
+    payload: dict[str, Any] = json.loads((PAYLOADS / "preview_payload_full.json").read_text())
+    payload.pop("idempotencyKey")
+    payload["content"] = {**payload["content"], "title": f"{payload['content']['title']} #{number}"}
+    return payload
+
+
+def render_loop(data_dir: str, numbers: list[int]) -> None:
+    """Render and store payloads in a loop, with no queue at all."""
+    store = ArtifactStore(Path(data_dir))
+    for number in numbers:
+        store.store_preview(full(number))
+
+
+def main() -> None:
+    """Print no-op and render throughput, ours against raw RQ, in one run."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--noop-jobs", type=int, default=2000)
+    parser.add_argument("--renders", type=int, default=60)
+    options = parser.parse_args()
+    count = options.noop_jobs
+
+    with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as data:
+        url = server.url
+        # Workers read their settings from the environment, as deployed ones do.
+        os.environ.update({"REDIS_URL": url, "DATA_DIR": data})
+        get_settings.cache_clear()
+        settings = get_settings()
+        connection = queueing.connect(url)
+        normal = Queue("normal", connection=connection)
+        us = "__main__.noop"
+
+        def ours(kind: str) -> float:
+            return run_processes(our_worker, [(url, settings, kind, n) for n in range(WORKERS)])
+
+        def raw(worker_class: type[Worker] | type[SimpleWorker]) -> float:
+            return run_processes(raw_worker, [(url, worker_class)] * WORKERS)
+
+        def submit(number: int) -> object:
+            return queueing.submit(connection, settings, minimal(number), function=us)
+
+        def enqueue_raw(number: int) -> object:
+            return normal.enqueue(noop, minimal(number))
+
+        def simple_raw() -> float:
+            return raw(SimpleWorker)
+
+        forks = count // 4  # a fork per job is slow: fewer jobs keep the run short
+        rows = [
+            ("raw RQ, SimpleWorker", measure(connection, enqueue_raw, count, simple_raw)),
+            ("ours, simple (default)", measure(connection, submit, count, lambda: ours("simple"))),
+            ("raw RQ, forking Worker", measure(connection, enqueue_raw, forks, lambda: raw(Worker))),
+            ("ours, fork", measure(connection, submit, forks, lambda: ours("fork"))),
+        ]
+        print(f"no-op jobs, {WORKERS} worker processes")
+        print(f"{'path':<26} {'enqueue/s':>10} {'jobs/s':>9}")
+        for name, (enqueue_rate, job_rate) in rows:
+            print(f"{name:<26} {enqueue_rate:>10,.0f} {job_rate:>9,.0f}")
+        raw_simple, default, stock_fork = rows[0][1][1], rows[1][1][1], rows[2][1][1]
+        print(f"ours/raw with the same worker class: {default / raw_simple:.2f}x")
+        print(f"default configuration/stock forking rq worker: {default / stock_fork:.2f}x")
+
+        renders = options.renders
+        connection.flushdb()
+        for number in range(renders):
+            queueing.submit(connection, settings, full(number))
+        queued_rate = renders / ours("simple")
+        numbers = [list(range(10_000 + n, 10_000 + renders, WORKERS)) for n in range(WORKERS)]
+        with tempfile.TemporaryDirectory() as plain:
+            loop_rate = renders / run_processes(render_loop, [(plain, each) for each in numbers])
+        print(f"\nfull-payload renders, {WORKERS} processes, {renders} distinct payloads")
+        print(f"render function in a loop: {loop_rate:6.1f}/s")
+        print(f"through queue and workers: {queued_rate:6.1f}/s ({queued_rate / loop_rate:.0%})")
+
+
+if __name__ == "__main__":
+    main()

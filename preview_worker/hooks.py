@@ -1,0 +1,80 @@
+"""RQ callbacks attached at enqueue time: classify failures and record outcomes.
+
+They run in any worker, ours or a stock `rq worker`, so policy travels with the job.
+A hook observes: whatever goes wrong inside it is logged and never fails the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any
+
+import redis
+from rq.job import Job
+
+from preview_worker import keys, metrics, retries
+
+log = logging.getLogger(__name__)
+
+
+def duration_of(job: Job) -> float | None:
+    """Return how long the job's last attempt ran, in seconds, when known."""
+    if job.started_at and job.ended_at:
+        return (job.ended_at - job.started_at).total_seconds()
+    return None
+
+
+def settle(connection: redis.Redis, job: Job) -> None:
+    """Forget a job that reached a terminal state, so recovery stops watching it."""
+    connection.zrem(keys.ACCEPTED, job.id)
+
+
+def on_success(job: Job, connection: redis.Redis, result: Any) -> None:
+    """Count a finished job and its duration."""
+    try:
+        metrics.record_outcome(connection, job.origin, "succeeded", duration_of(job))
+        settle(connection, job)
+    except Exception:
+        log.exception("success hook of job %s failed", job.id)
+
+
+def on_failure(
+    job: Job,
+    connection: redis.Redis,
+    exc_type: type[BaseException] | None,
+    exc_value: BaseException | None,
+    traceback: TracebackType | None,
+) -> None:
+    """Class a failed attempt: permanent ones skip their retries; record why and what next."""
+    try:
+        if retries.is_permanent(exc_type):
+            # RQ decides to retry after this hook, from this very job object.
+            job.retries_left = 0
+        job.meta["failure"] = {
+            "type": exc_type.__name__ if exc_type else "Error",
+            "message": str(exc_value)[:1000] if exc_value else "",
+        }
+        job.save_meta()
+        if exc_type is not None and issubclass(exc_type, retries.PreviewStopped):
+            outcome = "canceled"
+        elif job.retries_left:
+            outcome = "retried"
+        else:
+            outcome = "dead_lettered"
+        metrics.record_outcome(connection, job.origin, outcome, duration_of(job))
+        if outcome != "retried":
+            settle(connection, job)
+    except Exception:
+        log.exception("failure hook of job %s failed", job.id)
+
+
+def on_stopped(job: Job, connection: redis.Redis) -> None:
+    """Count a job that a forking worker stopped on request."""
+    try:
+        job.meta["failure"] = {"type": "PreviewStopped", "message": "stopped on request"}
+        job.save_meta()
+        metrics.record_outcome(connection, job.origin, "canceled")
+        settle(connection, job)
+    except Exception:
+        log.exception("stop hook of job %s failed", job.id)

@@ -1,0 +1,44 @@
+"""Redis key names and time-to-live figures of the service's own records, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "preview"
+
+# Outcome counts: one hash, field "<queue>|<outcome>" -> count.
+OUTCOMES = f"{PREFIX}:outcomes"
+# Duration histogram of one queue: fields "le:<bound>", "sum" and "count".
+DURATIONS = f"{PREFIX}:durations:{{queue}}"
+# Every accepted job not yet finished, dead-lettered or canceled: id -> accepted at (epoch s).
+ACCEPTED = f"{PREFIX}:accepted"
+# Accepted jobs seen queued but on no queue: id -> first seen at (epoch s).
+MISSING = f"{PREFIX}:missing"
+# Lock taken while a dead-lettered or canceled job is replaced by a new attempt.
+RESUBMIT_LOCK = f"{PREFIX}:resubmit:{{job_id}}"
+RESUBMIT_LOCK_TTL = 10  # seconds; far longer than one resubmission takes
+# Only one recovery pass runs at a time, across every host.
+RECOVERY_LOCK = f"{PREFIX}:recovery-lock"
+RECOVERY_LOCK_TTL = 30  # seconds; one recovery pass holds it at most this long
+# Liveness of one of our worker processes, refreshed by a thread even while a job runs.
+WORKER_ALIVE = f"{PREFIX}:alive:{{name}}"
+WORKER_ALIVE_TTL = 15  # seconds; a worker that stops refreshing is dead after this
+WORKER_ALIVE_REFRESH = 5  # seconds between refreshes
+
+
+def text(reply: object) -> str:
+    """Return a Redis reply (bytes from a connection that does not decode) as text."""
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def durations_key(queue: str) -> str:
+    """Return the duration histogram key of a queue."""
+    return DURATIONS.format(queue=queue)
+
+
+def resubmit_lock_key(job_id: str) -> str:
+    """Return the resubmission lock key of a job."""
+    return RESUBMIT_LOCK.format(job_id=job_id)
+
+
+def worker_alive_key(name: str) -> str:
+    """Return the liveness key of one of our worker processes."""
+    return WORKER_ALIVE.format(name=name)

@@ -1,0 +1,84 @@
+"""Job outcomes and durations recorded in Redis, so every worker on every host adds up."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis
+
+from preview_worker import keys
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = (
+    "enqueued", "duplicate", "rejected", "succeeded", "retried", "dead_lettered", "canceled"
+)
+# Upper bounds of the duration histogram's buckets, in seconds.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
+
+
+def _bound_name(bound: float) -> str:
+    """Name a bucket bound the way Prometheus does."""
+    return "+Inf" if bound == math.inf else repr(bound)
+
+
+def record_outcome(
+    connection: redis.Redis, queue: str, outcome: str, duration: float | None = None
+) -> None:
+    """Count one outcome of a job on a queue (and its duration); never raise."""
+    try:
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.OUTCOMES, f"{queue}|{outcome}", 1)
+            if duration is not None:
+                _observe(pipe, queue, max(duration, 0.0))
+            pipe.execute()
+    except Exception:  # a recorder observes: its failure must never fail a job
+        log.exception("could not record outcome %s of a job on %s", outcome, queue)
+
+
+def _observe(pipe: redis.client.Pipeline, queue: str, duration: float) -> None:
+    """Add one duration to a queue's histogram, cumulative like Prometheus buckets."""
+    key = keys.durations_key(queue)
+    for bound in DURATION_BUCKETS:
+        if duration <= bound:
+            pipe.hincrby(key, f"le:{_bound_name(bound)}", 1)
+    pipe.hincrbyfloat(key, "sum", duration)
+    pipe.hincrby(key, "count", 1)
+
+
+@dataclass
+class DurationHistogram:
+    """A queue's recorded job durations: cumulative bucket counts, sum and count."""
+
+    buckets: list[tuple[float, int]] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+
+def read_outcomes(connection: redis.Redis) -> dict[tuple[str, str], int]:
+    """Return the recorded count of every (queue, outcome)."""
+    raw = connection.hgetall(keys.OUTCOMES)
+    counts: dict[tuple[str, str], int] = {}
+    for name, value in raw.items():
+        queue, _, outcome = keys.text(name).partition("|")
+        counts[(queue, outcome)] = int(value)
+    return counts
+
+
+def read_durations(connection: redis.Redis, queues: Iterable[str]) -> dict[str, DurationHistogram]:
+    """Return the recorded duration histogram of each queue."""
+    histograms = {}
+    for queue in queues:
+        recorded = connection.hgetall(keys.durations_key(queue))
+        raw = {keys.text(name): value for name, value in recorded.items()}
+        histograms[queue] = DurationHistogram(
+            buckets=[
+                (bound, int(raw.get(f"le:{_bound_name(bound)}", 0))) for bound in DURATION_BUCKETS
+            ],
+            total=float(raw.get("sum", 0.0)),
+            count=int(raw.get("count", 0)),
+        )
+    return histograms

@@ -1,0 +1,301 @@
+"""Queues by priority and the life of a job on them: submit, look up, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from rq import Callback, Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from preview_worker import hooks, keys, metrics
+from preview_worker.retries import retry_policy
+from preview_worker.settings import Settings
+
+PRIORITIES = ("high", "normal", "low")  # workers listen in this order: strict priority
+DEFAULT_PRIORITY = "normal"
+RENDER_FUNCTION = "preview_worker.jobs.render_preview"
+# Payload fields that say how to deliver a job, not what to render: not part of its identity.
+DELIVERY_FIELDS = ("priority", "requestId", "idempotencyKey")
+ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+RESUBMITTABLE = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+
+
+class QueueFull(Exception):
+    """The queues hold PREVIEW_QUEUE_MAX jobs already; nothing was enqueued."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"{queued} jobs are queued, the limit is {limit}; try again later")
+        self.queued = queued
+        self.limit = limit
+
+
+class JobNotFound(LookupError):
+    """No job has this id (it never existed or its record expired)."""
+
+
+class JobAlreadyEnded(Exception):
+    """The job already ended, so it cannot be canceled."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id} already ended: {status}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What became of one submitted payload: its job, and whether it existed already."""
+
+    job_id: str
+    status: str
+    queue: str
+    duplicate: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the submission as clients see it."""
+        return {
+            "jobId": self.job_id,
+            "status": self.status,
+            "queue": self.queue,
+            "duplicate": self.duplicate,
+        }
+
+
+def queue_name(settings: Settings, priority: str) -> str:
+    """Return the Redis queue name of a priority, prefixed by PREVIEW_QUEUE_NAME when set."""
+    return f"{settings.queue_name}-{priority}" if settings.queue_name else priority
+
+
+def queue_names(settings: Settings) -> list[str]:
+    """Return the queue names in the order workers serve them."""
+    return [queue_name(settings, priority) for priority in PRIORITIES]
+
+
+def queues(connection: redis.Redis, settings: Settings) -> list[Queue]:
+    """Return the queues, highest priority first."""
+    return [Queue(name, connection=connection) for name in queue_names(settings)]
+
+
+def connect(url: str) -> redis.Redis:
+    """Open a Redis connection for RQ (bytes, not decoded strings) that fails fast when down."""
+    # Two quick retries ride out a blip; more would keep an API request waiting for seconds.
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+    )
+
+
+def canonical_json(value: Any) -> bytes:
+    """Serialise a JSON value the same way every time."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def job_id_for(payload: dict[str, Any]) -> str:
+    """Return the job id: the idempotency key, else a digest of what the payload renders."""
+    if payload.get("idempotencyKey"):
+        return str(payload["idempotencyKey"])
+    content = {key: value for key, value in payload.items() if key not in DELIVERY_FIELDS}
+    return "preview-" + hashlib.sha256(canonical_json(content)).hexdigest()[:40]
+
+
+def queued_count(connection: redis.Redis, settings: Settings) -> int:
+    """Return how many jobs wait on all the queues (LLEN: cheap and read-only)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for queue in queues(connection, settings):
+            pipe.llen(queue.key)
+        return sum(pipe.execute())
+
+
+def submit(
+    connection: redis.Redis,
+    settings: Settings,
+    payload: dict[str, Any],
+    request_id: str | None = None,
+    function: str = RENDER_FUNCTION,
+) -> Submission:
+    """Enqueue a valid payload once: a duplicate returns the job that exists already.
+
+    function names what workers run; only benchmarks and tests pass another than the render.
+    """
+    job_id = job_id_for(payload)
+    existing = _fetch(connection, job_id)
+    if existing is not None and existing.get_status() not in RESUBMITTABLE:
+        return _duplicate(connection, existing)
+    queued = queued_count(connection, settings)
+    if queued >= settings.queue_max:
+        metrics.record_outcome(connection, queue_name(settings, _priority(payload)), "rejected")
+        raise QueueFull(queued, settings.queue_max)
+    if existing is not None:
+        return _resubmit(connection, settings, payload, request_id, existing, function)
+    return _enqueue(connection, settings, payload, request_id, job_id, function)
+
+
+def _priority(payload: dict[str, Any]) -> str:
+    """Return the payload's priority, defaulting as the schema says."""
+    return str(payload.get("priority", DEFAULT_PRIORITY))
+
+
+def _fetch(connection: redis.Redis, job_id: str) -> Job | None:
+    """Return a job by id, or None when there is none."""
+    try:
+        return Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+
+
+def _duplicate(connection: redis.Redis, job: Job) -> Submission:
+    """Answer a duplicate submission with the job that exists."""
+    metrics.record_outcome(connection, job.origin, "duplicate")
+    return Submission(job.id, job.get_status().value, job.origin, duplicate=True)
+
+
+def _enqueue(
+    connection: redis.Redis,
+    settings: Settings,
+    payload: dict[str, Any],
+    request_id: str | None,
+    job_id: str,
+    function: str,
+) -> Submission:
+    """Put a new job on its priority's queue, with every policy attached."""
+    priority = _priority(payload)
+    queue = Queue(queue_name(settings, priority), connection=connection)
+    # Tracked before it exists, so no moment passes when recovery could not see it.
+    connection.zadd(keys.ACCEPTED, {job_id: time.time()})
+    try:
+        job = queue.enqueue(
+            function,
+            payload,
+            job_id=job_id,
+            unique=True,  # concurrent duplicates: exactly one enqueue succeeds
+            retry=retry_policy(settings),
+            job_timeout=settings.job_timeout,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.failure_ttl,
+            ttl=settings.queued_ttl,
+            description=f"preview of {payload.get('tutorialId')}",
+            meta={
+                "requestId": request_id or payload.get("requestId"),
+                "priority": priority,
+                "submittedAt": round(time.time(), 3),
+                "progress": {"stage": "queued", "percent": 0},
+            },
+            on_success=Callback(hooks.on_success),
+            on_failure=Callback(hooks.on_failure),
+            on_stopped=Callback(hooks.on_stopped),
+        )
+    except DuplicateJobError:
+        existing = _fetch(connection, job_id)
+        if existing is None:  # the other submission's job expired in between
+            return _enqueue(connection, settings, payload, request_id, job_id, function)
+        return _duplicate(connection, existing)
+    metrics.record_outcome(connection, queue.name, "enqueued")
+    return Submission(job.id, job.get_status().value, queue.name, duplicate=False)
+
+
+def _resubmit(
+    connection: redis.Redis,
+    settings: Settings,
+    payload: dict[str, Any],
+    request_id: str | None,
+    old: Job,
+    function: str,
+) -> Submission:
+    """Replace a dead-lettered, stopped or canceled job by a new attempt, exactly once."""
+    lock = connection.lock(keys.resubmit_lock_key(old.id), timeout=keys.RESUBMIT_LOCK_TTL)
+    with lock:
+        current = _fetch(connection, old.id)
+        if current is not None and current.get_status() not in RESUBMITTABLE:
+            return _duplicate(connection, current)  # another submission won the lock first
+        if current is not None:
+            current.delete()
+        return _enqueue(connection, settings, payload, request_id, old.id, function)
+
+
+def get_job(connection: redis.Redis, job_id: str) -> Job:
+    """Return a job by id, or raise JobNotFound."""
+    job = _fetch(connection, job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    return job
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """Format a moment as ISO 8601 in UTC."""
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def job_status(connection: redis.Redis, job_id: str) -> dict[str, Any]:
+    """Return the status answer of a job: where it is, how far, and how it ended."""
+    job = get_job(connection, job_id)
+    status = job.get_status()
+    result = job.return_value() if status == JobStatus.FINISHED else None
+    return {
+        "jobId": job.id,
+        "status": status.value,
+        "queue": job.origin,
+        "priority": job.meta.get("priority"),
+        "requestId": job.meta.get("requestId"),
+        "progress": job.meta.get("progress"),
+        "attempts": len(job.meta.get("attempts", [])),
+        "retriesLeft": job.retries_left or 0,
+        "enqueuedAt": _iso(job.enqueued_at),
+        "startedAt": _iso(job.started_at),
+        "endedAt": _iso(job.ended_at),
+        "result": result,
+        "error": _error_of(job, status),
+        "deadLettered": status in (JobStatus.FAILED, JobStatus.STOPPED),
+    }
+
+
+def _error_of(job: Job, status: JobStatus) -> dict[str, str] | None:
+    """Say why a job ended without finishing, or None for any other job."""
+    if status not in RESUBMITTABLE:
+        return None
+    if status == JobStatus.CANCELED:
+        return {"type": "Canceled", "message": "canceled on request"}
+    recorded: dict[str, str] | None = job.meta.get("failure")
+    return recorded or _failure_from_result(job)
+
+
+def _failure_from_result(job: Job) -> dict[str, str]:
+    """Read type and message from the last line of the recorded failure, never the traceback."""
+    latest = job.latest_result()
+    text = (latest.exc_string or "").strip() if latest else ""
+    last = text.splitlines()[-1] if text else "Error: unknown failure"
+    kind, _, message = last.partition(": ")
+    return {"type": kind.rsplit(".", 1)[-1], "message": message[:1000]}
+
+
+def cancel(connection: redis.Redis, job_id: str) -> str:
+    """Cancel a waiting job or stop a running one; return the status it now has."""
+    job = get_job(connection, job_id)
+    status = job.get_status()
+    if status in ENDED:
+        raise JobAlreadyEnded(job_id, status.value)
+    if status == JobStatus.STARTED:
+        try:
+            send_stop_job_command(connection, job_id)
+        except InvalidJobOperation:
+            pass  # picked up but not yet running: cancel it as a waiting job below
+        else:
+            return "stopping"
+    try:
+        job.cancel()
+    except InvalidJobOperation as error:  # ended between the two reads
+        raise JobAlreadyEnded(job_id, job.get_status().value) from error
+    metrics.record_outcome(connection, job.origin, "canceled")
+    hooks.settle(connection, job)
+    return JobStatus.CANCELED.value

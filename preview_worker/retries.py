@@ -1,0 +1,49 @@
+"""Retry policy: which failures are worth another attempt, and when it comes."""
+
+from __future__ import annotations
+
+import random
+
+from rq import Retry
+
+from preview_worker.settings import Settings
+
+
+class PermanentError(Exception):
+    """A failure that no retry can mend (an invalid payload, content that cannot render)."""
+
+
+class InvalidPayload(PermanentError):
+    """The payload broke the schema when the worker checked it again."""
+
+
+class PreviewStopped(PermanentError):
+    """The job was stopped on request while it ran."""
+
+
+def is_permanent(exc_type: type[BaseException] | None) -> bool:
+    """Tell whether a failure of this type goes to the dead-letter queue without retries."""
+    return exc_type is not None and issubclass(exc_type, PermanentError)
+
+
+def backoff_delays(settings: Settings, rng: random.Random | None = None) -> list[int]:
+    """Return the gap before each retry: doubling from the base delay, capped, jittered.
+
+    Jitter is "equal jitter": each gap is drawn from [half, all] of its exponential value,
+    so gaps still grow while retries of many jobs that failed together spread out.
+    """
+    draw = rng or random.Random()
+    delays = []
+    for attempt in range(settings.retry_max):
+        ceiling = min(settings.retry_max_delay, settings.retry_base_delay * 2**attempt)
+        # RQ schedules in whole seconds; a zero gap would mean "retry at once".
+        delays.append(max(1, round(draw.uniform(ceiling / 2, ceiling))))
+    return delays
+
+
+def retry_policy(settings: Settings, rng: random.Random | None = None) -> Retry | None:
+    """Return the RQ Retry attached to a job at enqueue time, or None when retries are off."""
+    if settings.retry_max == 0:
+        return None
+    # RQ picks intervals[len(intervals) - retries_left]; one gap per retry keeps them in order.
+    return Retry(max=settings.retry_max, interval=backoff_delays(settings, rng))

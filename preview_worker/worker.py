@@ -1,0 +1,165 @@
+"""The worker class and the pool that runs several of them with recovery alongside."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+import redis
+from rq import SimpleWorker, Worker
+from rq.worker import BaseWorker
+
+from preview_worker import keys, progress, queueing, recovery
+from preview_worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NAME_PREFIX = "preview-"  # recovery trusts the liveness key of workers with this prefix
+RECOVERY_INTERVAL = 10.0  # seconds between recovery passes of a pool
+DEFAULT_MAX_JOBS = 500  # jobs one in-process worker runs before it is replaced
+# Seconds between a worker's maintenance runs, where it also takes over the retry scheduler
+# of a dead worker; RQ's default of 600 would leave retries waiting for ten minutes.
+MAINTENANCE_INTERVAL = 60
+
+
+class AliveMixin:
+    """Keep a short-lived liveness key fresh from a thread, even while a job runs."""
+
+    name: str
+    connection: redis.Redis
+
+    def start_alive_thread(self) -> threading.Event:
+        """Start refreshing this worker's liveness key; set the returned event to stop."""
+        stop = threading.Event()
+        key = keys.worker_alive_key(self.name)
+
+        def refresh() -> None:
+            while not stop.is_set():
+                try:
+                    self.connection.set(key, os.getpid(), ex=keys.WORKER_ALIVE_TTL)
+                except redis.RedisError:
+                    log.warning("could not refresh liveness of %s", self.name)
+                stop.wait(keys.WORKER_ALIVE_REFRESH)
+            self.connection.delete(key)
+
+        threading.Thread(target=refresh, name="preview-alive", daemon=True).start()
+        return stop
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """Run the worker loop with its liveness key kept fresh."""
+        stop = self.start_alive_thread()
+        try:
+            result: bool = super().work(*args, **kwargs)  # type: ignore[misc]
+            return result
+        finally:
+            stop.set()
+
+
+class PreviewWorker(AliveMixin, SimpleWorker):
+    """Runs jobs in its own process: no fork per job; stop requests are cooperative."""
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Ask the running job to stop at its next stage, since there is no horse to kill."""
+        progress.request_stop(self._stopped_job_id)
+
+
+class ForkingPreviewWorker(AliveMixin, Worker):
+    """Forks a work horse per job, like a stock `rq worker`."""
+
+
+WORKER_CLASSES: dict[str, type[BaseWorker]] = {
+    "simple": PreviewWorker,
+    "fork": ForkingPreviewWorker,
+}
+
+
+def worker_name(index: int) -> str:
+    """Return a unique worker name that recovery recognises as ours."""
+    return f"{NAME_PREFIX}{socket.gethostname()}-{os.getpid()}-{index}"
+
+
+def run_worker(
+    redis_url: str, settings: Settings, kind: str, index: int, burst: bool, max_jobs: int | None
+) -> None:
+    """Run one worker process until it is told to stop, runs out of work or of max_jobs."""
+    connection = queueing.connect(redis_url)
+    worker = WORKER_CLASSES[kind](
+        queueing.queues(connection, settings),
+        connection=connection,
+        name=worker_name(index),
+        default_result_ttl=settings.result_ttl,
+        maintenance_interval=MAINTENANCE_INTERVAL,
+    )
+    worker.work(
+        burst=burst, with_scheduler=True, max_jobs=max_jobs, logging_level=settings.log_level
+    )
+
+
+@dataclass
+class WorkerPool:
+    """Several worker processes on high, normal and low, replaced when they exit."""
+
+    redis_url: str
+    settings: Settings
+    concurrency: int
+    kind: str = "simple"
+    burst: bool = False
+    max_jobs: int | None = DEFAULT_MAX_JOBS
+    processes: dict[int, BaseProcess] = field(default_factory=dict)
+    stopping: bool = False
+
+    def start_worker(self, index: int) -> None:
+        """Start the worker process in slot index."""
+        context = multiprocessing.get_context("fork")
+        process = context.Process(
+            target=run_worker,
+            args=(self.redis_url, self.settings, self.kind, index, self.burst, self.max_jobs),
+            name=f"preview-worker-{index}",
+        )
+        process.start()
+        self.processes[index] = process
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Drain: each worker finishes its running job and starts nothing new."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("draining %d workers", len(self.processes))
+        for process in self.processes.values():
+            if process.pid and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    def run(self) -> None:
+        """Start the workers, replace any that exit, recover lost jobs, until stopped."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        for index in range(self.concurrency):
+            self.start_worker(index)
+        connection = queueing.connect(self.redis_url)
+        next_recovery = 0.0
+        while self.processes:
+            if not self.stopping and time.monotonic() >= next_recovery:
+                recovery.recover_safely(connection)
+                next_recovery = time.monotonic() + RECOVERY_INTERVAL
+            self.reap()
+            time.sleep(0.5)
+
+    def reap(self) -> None:
+        """Forget workers that exited, and replace them unless draining or in burst mode."""
+        for index, process in list(self.processes.items()):
+            if process.is_alive():
+                continue
+            process.join()
+            del self.processes[index]
+            if not self.stopping and not self.burst:
+                log.info("worker %d exited with %s; starting another", index, process.exitcode)
+                self.start_worker(index)

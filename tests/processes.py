@@ -1,0 +1,65 @@
+"""Real worker processes for tests: started in their own process group, always stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def start_worker(environment: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """Start `preview-worker worker ARGS` in a new process group with the given settings."""
+    return subprocess.Popen(
+        [str(BIN / "preview-worker"), "worker", *args],
+        env={**os.environ, **environment},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def start_stock_worker(environment: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """Start a stock `rq worker` with the given settings and arguments."""
+    return subprocess.Popen(
+        [str(BIN / "rq"), "worker", "-u", environment["REDIS_URL"], *args],
+        env={**os.environ, **environment},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """Send a signal to a worker's whole process group."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """Drain a worker with SIGTERM, kill its group if it will not exit; return its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(process)
+    return process.wait()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll check() until it holds; return the seconds it took, or fail naming what."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start

@@ -1,0 +1,204 @@
+"""The queue core against a real Redis: ids, duplicates, backpressure, cancel, dead letters."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+
+from preview_worker import dead_letters, metrics, queueing, retries
+from preview_worker.settings import Settings, get_settings, load_settings
+from preview_worker.worker import PreviewWorker
+
+from .conftest import load_payload, service_environment
+
+MINIMAL = "preview_payload_minimal.json"
+
+
+def payload(**changes: Any) -> dict[str, Any]:
+    """Return the minimal payload with some top-level fields changed."""
+    return {**load_payload(MINIMAL), **changes}
+
+
+def queue_lengths(connection: redis.Redis, settings: Settings) -> dict[str, int]:
+    """Return how many jobs wait on each queue."""
+    return {queue.name: queue.count for queue in queueing.queues(connection, settings)}
+
+
+@pytest.fixture
+def in_process_worker(
+    redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """Give a function that runs every queued job with a real worker in this process."""
+    for name, value in service_environment(redis_url, data_dir, PREVIEW_RETRY_MAX="0").items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+
+    def work(connection: redis.Redis, settings: Settings) -> None:
+        PreviewWorker(queueing.queues(connection, settings), connection=connection).work(
+            burst=True
+        )
+
+    yield work
+    get_settings.cache_clear()
+
+
+def test_job_id_is_the_idempotency_key() -> None:
+    assert queueing.job_id_for(payload(idempotencyKey="draft-42")) == "draft-42"
+
+
+def test_job_id_digest_ignores_delivery_fields_but_not_content() -> None:
+    plain = queueing.job_id_for(payload())
+    assert queueing.job_id_for(payload(priority="high", requestId="r-1")) == plain
+    assert queueing.job_id_for(payload(revision=2)) != plain
+    assert queueing.job_id_for(payload(dryRun=True)) != plain
+
+
+def test_submit_enqueues_on_the_priority_queue_with_meta(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    submission = queueing.submit(redis_client, settings, payload(priority="high"), "req-7")
+    assert submission.as_dict() == {
+        "jobId": submission.job_id, "status": "queued", "queue": "high", "duplicate": False,
+    }
+    assert queue_lengths(redis_client, settings) == {"high": 1, "normal": 0, "low": 0}
+    job = Job.fetch(submission.job_id, connection=redis_client)
+    assert job.meta["requestId"] == "req-7" and job.meta["priority"] == "high"
+    assert job.meta["progress"] == {"stage": "queued", "percent": 0}
+    assert job.timeout == settings.job_timeout and job.failure_ttl == settings.failure_ttl
+    assert job.retries_left == settings.retry_max
+
+
+def test_queue_name_prefix(redis_client: redis.Redis, redis_url: str, data_dir: Path) -> None:
+    settings = load_settings(
+        service_environment(redis_url, data_dir, PREVIEW_QUEUE_NAME="tutorials")
+    )
+    submission = queueing.submit(redis_client, settings, payload(priority="low"))
+    assert submission.queue == "tutorials-low"
+    assert Queue("tutorials-low", connection=redis_client).count == 1
+
+
+def test_duplicate_of_a_queued_job_returns_it(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    first = queueing.submit(redis_client, settings, payload())
+    second = queueing.submit(redis_client, settings, payload(requestId="again"))
+    assert second.job_id == first.job_id and second.duplicate
+    assert sum(queue_lengths(redis_client, settings).values()) == 1
+
+
+def test_concurrent_duplicates_make_exactly_one_job(
+    redis_client: redis.Redis, redis_url: str, settings: Settings
+) -> None:
+    barrier = threading.Barrier(40)
+    submissions: list[queueing.Submission] = []
+
+    def submit() -> None:
+        connection = queueing.connect(redis_url)
+        barrier.wait()
+        submissions.append(queueing.submit(connection, settings, payload(idempotencyKey="k")))
+
+    threads = [threading.Thread(target=submit) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(submissions) == 40
+    assert [s.duplicate for s in submissions].count(False) == 1
+    assert {s.job_id for s in submissions} == {"k"}
+    assert redis_client.lrange("rq:queue:normal", 0, -1) == [b"k"]
+
+
+def test_backpressure_refuses_and_enqueues_nothing(
+    redis_client: redis.Redis, redis_url: str, data_dir: Path
+) -> None:
+    settings = load_settings(service_environment(redis_url, data_dir, PREVIEW_QUEUE_MAX="3"))
+    for revision in range(3):
+        queueing.submit(redis_client, settings, payload(revision=revision))
+    before = queue_lengths(redis_client, settings)
+    with pytest.raises(queueing.QueueFull, match="3 jobs are queued, the limit is 3"):
+        queueing.submit(redis_client, settings, payload(revision=99))
+    assert queue_lengths(redis_client, settings) == before
+    assert not redis_client.exists(f"rq:job:{queueing.job_id_for(payload(revision=99))}")
+    assert metrics.read_outcomes(redis_client)[("normal", "rejected")] == 1
+
+
+def test_cancel_a_queued_job(redis_client: redis.Redis, settings: Settings) -> None:
+    submission = queueing.submit(redis_client, settings, payload())
+    assert queueing.cancel(redis_client, submission.job_id) == "canceled"
+    status = queueing.job_status(redis_client, submission.job_id)
+    assert status["status"] == "canceled" and not status["deadLettered"]
+    assert status["error"] == {"type": "Canceled", "message": "canceled on request"}
+    assert sum(queue_lengths(redis_client, settings).values()) == 0
+    with pytest.raises(queueing.JobAlreadyEnded, match="already ended: canceled"):
+        queueing.cancel(redis_client, submission.job_id)
+
+
+def test_unknown_job(redis_client: redis.Redis) -> None:
+    with pytest.raises(queueing.JobNotFound):
+        queueing.cancel(redis_client, "nope")
+    with pytest.raises(queueing.JobNotFound):
+        queueing.job_status(redis_client, "nope")
+
+
+def test_duplicate_of_a_canceled_job_starts_a_new_attempt(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    first = queueing.submit(redis_client, settings, payload())
+    queueing.cancel(redis_client, first.job_id)
+    again = queueing.submit(redis_client, settings, payload())
+    assert again.job_id == first.job_id and not again.duplicate and again.status == "queued"
+    assert sum(queue_lengths(redis_client, settings).values()) == 1
+
+
+def test_backoff_grows_is_capped_and_jittered(settings: Settings) -> None:
+    many = load_settings({"PREVIEW_RETRY_MAX": "8", "PREVIEW_RETRY_BASE_DELAY": "2",
+                          "PREVIEW_RETRY_MAX_DELAY": "60"})
+    delays = retries.backoff_delays(many, random.Random(1))
+    assert delays == sorted(delays) and max(delays) <= 60 and delays[0] >= 1
+    assert all(2 * 2**i / 2 <= d + 0.5 for i, d in enumerate(delays) if 2 * 2**i <= 60)
+    draws = {tuple(retries.backoff_delays(many, random.Random(seed))) for seed in range(20)}
+    assert len(draws) > 1, "jitter spreads the retries of jobs that failed together"
+    assert retries.retry_policy(load_settings({"PREVIEW_RETRY_MAX": "0"})) is None
+
+
+def test_dead_letters_list_requeue_and_purge(
+    redis_client: redis.Redis, settings: Settings, in_process_worker: Any
+) -> None:
+    bad = [payload(tutorialId=f"BAD-{n}") for n in range(3)]  # the worker rejects them
+    ids = [queueing.submit(redis_client, settings, each).job_id for each in bad]
+    in_process_worker(redis_client, settings)
+
+    letters = dead_letters.list_dead_letters(redis_client, settings)
+    assert {letter["jobId"] for letter in letters} == set(ids)
+    assert all(letter["error"]["type"] == "InvalidPayload" for letter in letters)
+    assert all("/tutorialId" in letter["error"]["message"] for letter in letters)
+
+    assert dead_letters.requeue(redis_client, settings, ids[0]) == [ids[0]]
+    requeued = queueing.job_status(redis_client, ids[0])
+    assert requeued["status"] == "queued" and requeued["retriesLeft"] == settings.retry_max
+    assert dead_letters.purge(redis_client, settings, ids[1]) == [ids[1]]
+    assert not redis_client.exists(f"rq:job:{ids[1]}")
+    with pytest.raises(dead_letters.NotDeadLettered):
+        dead_letters.purge(redis_client, settings, ids[1])
+    assert dead_letters.purge(redis_client, settings) == [ids[2]]
+    assert dead_letters.list_dead_letters(redis_client, settings) == []
+
+
+def test_outcomes_add_up_and_a_failing_recorder_never_raises(
+    redis_client: redis.Redis,
+) -> None:
+    metrics.record_outcome(redis_client, "high", "succeeded", 0.3)
+    metrics.record_outcome(redis_client, "high", "succeeded", 7.0)
+    assert metrics.read_outcomes(redis_client) == {("high", "succeeded"): 2}
+    histogram = metrics.read_durations(redis_client, ["high"])["high"]
+    assert histogram.count == 2 and histogram.total == pytest.approx(7.3)
+    assert dict(histogram.buckets)[0.5] == 1 and dict(histogram.buckets)[10.0] == 2
+    unreachable = queueing.connect("redis://127.0.0.1:1/0")
+    metrics.record_outcome(unreachable, "high", "succeeded", 1.0)  # logs, does not raise

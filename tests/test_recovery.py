@@ -1,0 +1,98 @@
+"""Recovery: jobs a dead worker left popped or started come back; a live worker's stay put."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from preview_worker import keys, queueing, recovery
+from preview_worker.settings import Settings, load_settings
+
+from .conftest import load_payload, service_environment
+
+MINIMAL = "preview_payload_minimal.json"
+
+
+@pytest.fixture
+def job_id(redis_client: redis.Redis, settings: Settings) -> str:
+    """Give the id of a freshly submitted job on the normal queue."""
+    return queueing.submit(redis_client, settings, load_payload(MINIMAL)).job_id
+
+
+def pop_and_die(connection: redis.Redis, job_id: str) -> None:
+    """Leave a job as a worker killed right after BLPOP does: queued, on no queue."""
+    assert connection.lrem("rq:queue:normal", 0, job_id) == 1
+
+
+def start_and_die(connection: redis.Redis, job_id: str, worker_name: str) -> None:
+    """Leave a job as a worker killed mid-run does: started, in the started registry."""
+    pop_and_die(connection, job_id)
+    job = Job.fetch(job_id, connection=connection)
+    job.worker_name = worker_name
+    job.set_status(JobStatus.STARTED)
+    job.save()
+    registry = StartedJobRegistry("normal", connection)
+    connection.zadd(registry.key, {f"{job_id}:exec": time.time() + 600})
+
+
+def test_popped_job_is_requeued_after_the_grace_period(
+    redis_client: redis.Redis, job_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recovery, "MISSING_GRACE", 0.3)
+    pop_and_die(redis_client, job_id)
+    assert recovery.recover(redis_client).requeued == []  # first sight: a worker may be mid-pop
+    time.sleep(0.4)
+    assert recovery.recover(redis_client).requeued == [job_id]
+    assert redis_client.lrange("rq:queue:normal", 0, -1) == [job_id.encode()]
+    assert recovery.recover(redis_client).requeued == []
+
+
+def test_started_job_of_a_dead_worker_is_retried_at_once(
+    redis_client: redis.Redis, job_id: str, settings: Settings
+) -> None:
+    start_and_die(redis_client, job_id, "preview-gone-1-0")
+    report = recovery.recover(redis_client)
+    assert report.retried == [job_id]
+    job = Job.fetch(job_id, connection=redis_client)
+    assert job.get_status() == JobStatus.QUEUED and job.retries_left == settings.retry_max - 1
+    assert redis_client.lrange("rq:queue:normal", 0, -1) == [job_id.encode()]
+    assert redis_client.zcard(StartedJobRegistry("normal", redis_client).key) == 0
+    assert job.meta["failure"]["type"] == "WorkerDied"
+
+
+def test_started_job_with_no_retries_left_is_dead_lettered(
+    redis_client: redis.Redis, redis_url: str, data_dir: Path
+) -> None:
+    settings = load_settings(service_environment(redis_url, data_dir, PREVIEW_RETRY_MAX="0"))
+    job_id = queueing.submit(redis_client, settings, load_payload(MINIMAL)).job_id
+    start_and_die(redis_client, job_id, "preview-gone-1-0")
+    assert recovery.recover(redis_client).dead_lettered == [job_id]
+    status = queueing.job_status(redis_client, job_id)
+    assert status["deadLettered"] and status["error"]["type"] == "WorkerDied"
+    assert redis_client.zscore(keys.ACCEPTED, job_id) is None
+
+
+def test_job_of_a_live_worker_is_left_alone(redis_client: redis.Redis, job_id: str) -> None:
+    start_and_die(redis_client, job_id, "preview-alive-1-0")
+    redis_client.set(keys.worker_alive_key("preview-alive-1-0"), 1, ex=10)
+    assert recovery.recover(redis_client).as_dict() == {
+        "requeued": [], "retried": [], "dead_lettered": [], "forgotten": []
+    }
+    assert Job.fetch(job_id, connection=redis_client).get_status() == JobStatus.STARTED
+
+
+def test_only_one_recovery_runs_at_a_time(redis_client: redis.Redis, job_id: str) -> None:
+    start_and_die(redis_client, job_id, "preview-gone-1-0")
+    redis_client.set(keys.RECOVERY_LOCK, "another host", ex=10)
+    assert recovery.recover(redis_client).retried == []
+
+
+def test_ended_and_expired_jobs_are_forgotten(redis_client: redis.Redis, job_id: str) -> None:
+    redis_client.delete(f"rq:job:{job_id}")
+    assert recovery.recover(redis_client).forgotten == [job_id]
+    assert redis_client.zcard(keys.ACCEPTED) == 0

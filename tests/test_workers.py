@@ -1,0 +1,179 @@
+"""Workers as real processes: priority, retries, dead letters, cancel, SIGKILL, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq.job import Job
+
+from preview_worker import metrics, queueing
+from preview_worker.settings import Settings, load_settings
+
+from .conftest import load_payload, service_environment
+from .processes import kill_group, start_stock_worker, start_worker, stop, wait_until
+
+MINIMAL = "preview_payload_minimal.json"
+QUEUES = ("high", "normal", "low")
+
+
+def payload(**changes: Any) -> dict[str, Any]:
+    """Return the minimal payload with some top-level fields changed."""
+    return {**load_payload(MINIMAL), **changes}
+
+
+def slow_payload(revision: int = 0) -> dict[str, Any]:
+    """Return a valid payload near the size limit, whose render takes a second or more."""
+    code = "def double(x):\n    return x * 2  # twice as much\n" * 60
+    body = "Some *text* with `code` and a [link](https://example.org/docs).\n\n" * 8
+    steps = [
+        {"title": f"Step {n}", "body": body, "code": {"language": "python", "source": code}}
+        for n in range(200)
+    ]
+    content = {"title": "Slow", "steps": steps}
+    return {"tutorialId": "slow", "revision": revision, "content": content}
+
+
+def status_of(connection: redis.Redis, job_id: str) -> dict[str, Any]:
+    """Return a job's status answer."""
+    return queueing.job_status(connection, job_id)
+
+
+def has_ended(connection: redis.Redis, job_id: str) -> bool:
+    """Tell whether a job finished, was dead-lettered or was canceled."""
+    status = status_of(connection, job_id)
+    return bool(status["status"] in ("finished", "canceled") or status["deadLettered"])
+
+
+def is_rendering(connection: redis.Redis, job_id: str) -> bool:
+    """Tell whether a job's render function is running (not merely popped by a worker)."""
+    status = status_of(connection, job_id)
+    return bool(status["status"] == "started" and status["progress"]["stage"] == "rendering")
+
+
+def test_high_job_runs_before_fifty_low_ones(
+    redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
+) -> None:
+    lows = [
+        queueing.submit(redis_client, settings, payload(priority="low", revision=n)).job_id
+        for n in range(50)
+    ]
+    high = queueing.submit(redis_client, settings, payload(priority="high", revision=99)).job_id
+    worker = start_worker(service_environment(redis_url, data_dir), "--burst", "--concurrency", "1")
+    assert worker.wait(120) == 0
+    started = {job_id: status_of(redis_client, job_id)["startedAt"] for job_id in [*lows, high]}
+    assert all(status_of(redis_client, job_id)["status"] == "finished" for job_id in started)
+    assert started[high] < min(started[low] for low in lows)
+
+
+def test_transient_failures_retry_with_growing_gaps_then_dead_letter(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("DATA_DIR cannot live under a file", "utf-8")
+    environment = service_environment(redis_url, blocker / "data", PREVIEW_RETRY_BASE_DELAY="2")
+    settings = load_settings(environment)
+    job_id = queueing.submit(redis_client, settings, payload()).job_id
+    worker = start_worker(environment, "--concurrency", "1")
+    try:
+        wait_until(lambda: has_ended(redis_client, job_id), 60, "the last retry")
+    finally:
+        stop(worker)
+    status = status_of(redis_client, job_id)
+    assert status["deadLettered"] and status["attempts"] == 4 and status["retriesLeft"] == 0
+    assert status["error"]["type"] in ("StorageError", "NotADirectoryError")
+    job = Job.fetch(job_id, connection=redis_client)
+    attempts = job.meta["attempts"]
+    gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:], strict=False)]
+    planned = job.retry_intervals or []
+    assert planned == sorted(planned) and planned[-1] > planned[0], planned
+    # The scheduler moves due jobs once a second, so a gap may run up to a second long.
+    assert all(-0.5 <= gap - plan <= 1.5 for gap, plan in zip(gaps, planned, strict=True)), (
+        f"gaps {gaps} follow the plan {planned}"
+    )
+    outcomes = metrics.read_outcomes(redis_client)
+    assert outcomes[("normal", "retried")] == 3 and outcomes[("normal", "dead_lettered")] == 1
+
+
+def test_permanent_failure_is_dead_lettered_after_one_attempt(
+    redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
+) -> None:
+    job_id = queueing.submit(redis_client, settings, payload(tutorialId="Not A Slug")).job_id
+    worker = start_worker(service_environment(redis_url, data_dir), "--burst")
+    assert worker.wait(60) == 0
+    status = status_of(redis_client, job_id)
+    assert status["deadLettered"] and status["attempts"] == 1 and status["retriesLeft"] == 0
+    assert status["error"]["type"] == "InvalidPayload"
+    assert "/tutorialId" in status["error"]["message"]
+    assert "Traceback" not in str(status)
+
+
+@pytest.mark.parametrize("kind", ["simple", "fork"])
+def test_cancel_stops_a_running_job(
+    redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path, kind: str
+) -> None:
+    job_id = queueing.submit(redis_client, settings, slow_payload()).job_id
+    worker = start_worker(service_environment(redis_url, data_dir), "--kind", kind)
+    try:
+        wait_until(lambda: is_rendering(redis_client, job_id), 30, "rendering")
+        assert queueing.cancel(redis_client, job_id) == "stopping"
+        wait_until(lambda: has_ended(redis_client, job_id), 30, "the stop")
+    finally:
+        stop(worker)
+    status = status_of(redis_client, job_id)
+    assert status["status"] == "stopped" and status["result"] is None
+    assert metrics.read_outcomes(redis_client)[("normal", "canceled")] == 1
+    with pytest.raises(queueing.JobAlreadyEnded):
+        queueing.cancel(redis_client, job_id)
+
+
+def test_stock_rq_worker_runs_jobs_and_dead_letters_failures(
+    redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
+) -> None:
+    good = queueing.submit(redis_client, settings, payload()).job_id
+    bad = queueing.submit(redis_client, settings, payload(tutorialId="BAD")).job_id
+    worker = start_stock_worker(
+        service_environment(redis_url, data_dir), "--with-scheduler", "--burst", *QUEUES
+    )
+    assert worker.wait(60) == 0
+    assert status_of(redis_client, good)["status"] == "finished"
+    failed = status_of(redis_client, bad)
+    assert failed["deadLettered"] and failed["attempts"] == 1
+    assert failed["error"]["type"] == "InvalidPayload"
+
+
+def test_job_of_a_killed_worker_is_recovered_within_a_minute(
+    redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
+) -> None:
+    job_id = queueing.submit(redis_client, settings, slow_payload()).job_id
+    environment = service_environment(redis_url, data_dir)
+    first = start_worker(environment, "--concurrency", "1")
+    wait_until(lambda: is_rendering(redis_client, job_id), 30, "rendering")
+    kill_group(first)  # the whole process group, as an OOM killer or a host loss would
+    first.wait()
+    killed_at = time.monotonic()
+    second = start_worker(environment, "--concurrency", "1")
+    try:
+        wait_until(lambda: has_ended(redis_client, job_id), 60, "recovery")
+    finally:
+        stop(second)
+    status = status_of(redis_client, job_id)
+    assert status["status"] == "finished" and status["attempts"] == 2
+    assert time.monotonic() - killed_at < 60
+
+
+def test_sigterm_lets_the_running_job_finish(
+    redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
+) -> None:
+    running = queueing.submit(redis_client, settings, slow_payload(1)).job_id
+    waiting = queueing.submit(redis_client, settings, slow_payload(2)).job_id
+    worker = start_worker(service_environment(redis_url, data_dir), "--concurrency", "1")
+    wait_until(lambda: is_rendering(redis_client, running), 30, "rendering")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0
+    assert status_of(redis_client, running)["status"] == "finished"
+    assert status_of(redis_client, waiting)["status"] == "queued"
