@@ -17,12 +17,13 @@ from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker, Worker
+from rq.registry import FinishedJobRegistry
 
 from preview_worker import queueing
 from preview_worker.embedded_redis import EmbeddedRedis
 from preview_worker.settings import Settings, get_settings
 from preview_worker.storage import ArtifactStore
-from preview_worker.worker import DEFAULT_MAX_JOBS, run_worker
+from preview_worker.worker import DEFAULT_MAX_JOBS, WorkerPool
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
 WORKERS = 2
@@ -51,9 +52,9 @@ def raw_worker(url: str, worker_class: type[Worker] | type[SimpleWorker]) -> Non
     worker_class(queues, connection=connection).work(burst=True, logging_level="WARNING")
 
 
-def our_worker(url: str, settings: Settings, kind: str, index: int) -> None:
-    """Run one worker of our pool in burst mode."""
-    run_worker(url, settings, kind, index, True, DEFAULT_MAX_JOBS)
+def our_pool(url: str, settings: Settings, kind: str) -> None:
+    """Run our worker pool in burst mode, as `preview-worker worker --burst` does."""
+    WorkerPool(url, settings, WORKERS, kind=kind, burst=True, max_jobs=DEFAULT_MAX_JOBS).run()
 
 
 def measure(
@@ -65,7 +66,13 @@ def measure(
     for number in range(count):
         enqueue(number)
     enqueue_rate = count / (time.perf_counter() - start)
-    return enqueue_rate, count / work()
+    job_rate = count / work()
+    finished = sum(
+        FinishedJobRegistry(name, connection).get_job_count(cleanup=False)
+        for name in queueing.PRIORITIES
+    )
+    assert finished == count, f"only {finished} of {count} jobs finished"
+    return enqueue_rate, job_rate
 
 
 def minimal(number: int) -> dict[str, Any]:
@@ -100,7 +107,7 @@ def main() -> None:
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as data:
         url = server.url
         # Workers read their settings from the environment, as deployed ones do.
-        os.environ.update({"REDIS_URL": url, "DATA_DIR": data})
+        os.environ.update({"REDIS_URL": url, "DATA_DIR": data, "PREVIEW_LOG_LEVEL": "WARNING"})
         get_settings.cache_clear()
         settings = get_settings()
         connection = queueing.connect(url)
@@ -108,7 +115,7 @@ def main() -> None:
         us = "__main__.noop"
 
         def ours(kind: str) -> float:
-            return run_processes(our_worker, [(url, settings, kind, n) for n in range(WORKERS)])
+            return run_processes(our_pool, [(url, settings, kind)])
 
         def raw(worker_class: type[Worker] | type[SimpleWorker]) -> float:
             return run_processes(raw_worker, [(url, worker_class)] * WORKERS)
@@ -117,7 +124,10 @@ def main() -> None:
             return queueing.submit(connection, settings, minimal(number), function=us)
 
         def enqueue_raw(number: int) -> object:
-            return normal.enqueue(noop, minimal(number))
+            return normal.enqueue(us, minimal(number))
+
+        def fork_raw() -> float:
+            return raw(Worker)
 
         def simple_raw() -> float:
             return raw(SimpleWorker)
@@ -126,8 +136,9 @@ def main() -> None:
         rows = [
             ("raw RQ, SimpleWorker", measure(connection, enqueue_raw, count, simple_raw)),
             ("ours, simple (default)", measure(connection, submit, count, lambda: ours("simple"))),
-            ("raw RQ, forking Worker", measure(connection, enqueue_raw, forks, lambda: raw(Worker))),
+            ("raw RQ, forking Worker", measure(connection, enqueue_raw, forks, fork_raw)),
             ("ours, fork", measure(connection, submit, forks, lambda: ours("fork"))),
+            ("raw RQ, SimpleWorker again", measure(connection, enqueue_raw, count, simple_raw)),
         ]
         print(f"no-op jobs, {WORKERS} worker processes")
         print(f"{'path':<26} {'enqueue/s':>10} {'jobs/s':>9}")

@@ -150,16 +150,18 @@ class WorkerPool:
             if not self.stopping and time.monotonic() >= next_recovery:
                 recovery.recover_safely(connection)
                 next_recovery = time.monotonic() + RECOVERY_INTERVAL
-            self.reap()
+            self.reap(connection)
             time.sleep(0.5)
 
-    def reap(self) -> None:
-        """Forget workers that exited, and replace them unless draining or in burst mode."""
+    def reap(self, connection: redis.Redis) -> None:
+        """Forget workers that exited; replace them unless draining or out of burst work."""
         for index, process in list(self.processes.items()):
             if process.is_alive():
                 continue
             process.join()
             del self.processes[index]
-            if not self.stopping and not self.burst:
+            # A burst worker also exits after max_jobs: replace it while work remains.
+            more = not self.burst or queueing.queued_count(connection, self.settings) > 0
+            if not self.stopping and more:
                 log.info("worker %d exited with %s; starting another", index, process.exitcode)
                 self.start_worker(index)
