@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
@@ -169,6 +170,35 @@ def connection_of(settings: Settings) -> redis.Redis:
 def echo_json(value: Any) -> None:
     """Print a value as indented JSON."""
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+@cli.command()
+@click.argument("path")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Store to render into [DATA_DIR]."
+)
+@click.pass_obj
+def render(settings: Settings, path: str, out: str | None) -> None:
+    """Render one payload file (or '-') into the artifact store, with no Redis.
+
+    Exits 0 when rendered, 1 when the payload is invalid, 2 when it cannot be read.
+    """
+    from preview_worker.storage import ArtifactStore, StorageError
+
+    result = read_payload_file(path, settings)
+    if not result.valid:
+        print_results([result])
+        sys.exit(exit_code_of([result]))
+    try:
+        stored = ArtifactStore(Path(out) if out else settings.data_dir).store_preview(
+            result.payload
+        )
+    except StorageError as error:
+        raise click.ClickException(str(error)) from None
+    where = "dry run, nothing written" if stored.directory is None else str(stored.directory)
+    click.echo(f"{path}: {where}{' (cached)' if stored.cached else ''}")
+    for artifact in stored.files:
+        click.echo(f"  {artifact.name}  {artifact.size} bytes  {artifact.content_type}")
 
 
 @cli.command()

@@ -1,0 +1,27 @@
+"""The function RQ workers run for a preview job: check, render, store, report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rq import get_current_job
+
+from preview_worker import progress
+from preview_worker.retries import InvalidPayload
+from preview_worker.schema import validate_payload
+from preview_worker.settings import get_settings
+from preview_worker.storage import ArtifactStore
+
+
+def render_preview(payload: dict[str, Any]) -> dict[str, Any]:
+    """Render a payload's preview into the artifact store and return what was written."""
+    job = get_current_job()
+    progress.begin_attempt(job)
+    problems = validate_payload(payload)
+    if problems:
+        details = "; ".join(f"{each.path or '(root)'}: {each.message}" for each in problems)
+        raise InvalidPayload(details[:1000])
+    progress.report(job, "rendering", 10)
+    stored = ArtifactStore(get_settings().data_dir).store_preview(payload)
+    progress.report(job, "done", 100)
+    return stored.as_dict()

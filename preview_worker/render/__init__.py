@@ -1,0 +1,45 @@
+"""Pure rendering of a preview payload into artifacts: an HTML page and a PNG thumbnail.
+
+Nothing here knows of Redis, RQ or Flask: the same payload always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from preview_worker.render.model import RenderInput, render_input
+from preview_worker.render.page import render_page
+from preview_worker.render.thumbnail import render_thumbnail
+
+# Bump whenever the bytes rendered for some payload change: it is part of every artifact hash.
+RENDERER_VERSION = "1"
+
+# Artifact file name and content type of each output format, in the order they are rendered.
+ARTIFACTS = {
+    "html": ("index.html", "text/html; charset=utf-8"),
+    "png": ("thumbnail.png", "image/png"),
+}
+
+
+def render_files(preview: RenderInput) -> dict[str, bytes]:
+    """Render the artifacts of a render input: file name -> bytes, in its formats only."""
+    renderers = {
+        "html": lambda: render_page(preview).encode("utf-8"),
+        "png": lambda: render_thumbnail(preview),
+    }
+    return {ARTIFACTS[name][0]: renderers[name]() for name in preview.formats}
+
+
+def render_preview_files(payload: dict[str, Any]) -> dict[str, bytes]:
+    """Render the artifacts of a valid payload: file name -> bytes, honouring output.formats."""
+    return render_files(render_input(payload))
+
+
+__all__ = [
+    "ARTIFACTS",
+    "RENDERER_VERSION",
+    "RenderInput",
+    "render_files",
+    "render_input",
+    "render_preview_files",
+]

@@ -1,0 +1,113 @@
+"""The queue commands and the one-shot render, through click against a real Redis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from preview_worker import queueing
+from preview_worker.cli import cli
+from preview_worker.settings import Settings
+
+from .conftest import PAYLOADS, service_environment
+from .processes import start_worker
+
+MINIMAL = str(PAYLOADS / "preview_payload_minimal.json")
+FULL = str(PAYLOADS / "preview_payload_full.json")
+INVALID = str(PAYLOADS / "invalid" / "no-steps.json")
+
+
+@pytest.fixture
+def service(redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point the command at the test Redis and store, as an operator's shell would."""
+    environment = service_environment(redis_url, data_dir)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return environment
+
+
+def test_render_writes_artifacts_without_redis(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["render", FULL, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    directory = Path(result.output.splitlines()[0].split(": ", 1)[1])
+    assert directory.is_relative_to(tmp_path / "previews")
+    assert sorted(path.name for path in directory.iterdir()) == [
+        "index.html", "manifest.json", "thumbnail.png"
+    ]
+    again = runner.invoke(cli, ["render", FULL, "--out", str(tmp_path)])
+    assert "(cached)" in again.output.splitlines()[0]
+
+
+def test_render_exit_codes(runner: CliRunner, tmp_path: Path) -> None:
+    assert runner.invoke(cli, ["render", INVALID, "--out", str(tmp_path)]).exit_code == 1
+    assert runner.invoke(cli, ["render", str(tmp_path / "none.json")]).exit_code == 2
+    assert not (tmp_path / "previews").exists()
+
+
+def test_dry_run_render_writes_nothing(runner: CliRunner, tmp_path: Path) -> None:
+    dry = tmp_path / "dry.json"
+    dry.write_text(json.dumps({**json.loads(Path(MINIMAL).read_text()), "dryRun": True}))
+    result = runner.invoke(cli, ["render", str(dry), "--out", str(tmp_path / "store")])
+    assert result.exit_code == 0
+    assert "dry run, nothing written" in result.output and "thumbnail.png" in result.output
+    assert not (tmp_path / "store" / "previews").exists() or not any(
+        (tmp_path / "store" / "previews").iterdir()
+    )
+
+
+def test_enqueue_status_cancel(
+    runner: CliRunner, service: dict[str, str], redis_client: redis.Redis
+) -> None:
+    result = runner.invoke(cli, ["enqueue", "--priority", "low", MINIMAL])
+    assert result.exit_code == 0, result.output
+    job_id = result.output.split(": ", 1)[1].split()[0]
+    assert result.output.strip().endswith("queued on low")
+    status = json.loads(runner.invoke(cli, ["status", job_id]).output)
+    assert status["jobId"] == job_id and status["queue"] == "low"
+    assert runner.invoke(cli, ["cancel", job_id]).output == f"{job_id}: canceled\n"
+    ended = runner.invoke(cli, ["cancel", job_id])
+    assert ended.exit_code == 1 and "already ended" in ended.output
+    assert runner.invoke(cli, ["status", "missing"]).exit_code == 1
+
+
+def test_enqueue_refuses_invalid_payloads_and_enqueues_nothing(
+    runner: CliRunner, service: dict[str, str], redis_client: redis.Redis, settings: Settings
+) -> None:
+    """Given one valid and one invalid file, When enqueued together, Then neither is."""
+    result = runner.invoke(cli, ["enqueue", MINIMAL, INVALID])
+    assert result.exit_code == 1
+    assert queueing.queued_count(redis_client, settings) == 0
+
+
+def test_enqueue_wait_and_the_dead_letter_commands(
+    runner: CliRunner, service: dict[str, str], redis_client: redis.Redis, settings: Settings
+) -> None:
+    rejected = {**json.loads(Path(MINIMAL).read_text()), "tutorialId": "Bad Slug"}
+    bad = queueing.submit(redis_client, settings, rejected).job_id  # the worker refuses it
+    worker = start_worker(service, "--concurrency", "1")
+    try:
+        done = runner.invoke(cli, ["enqueue", "--wait", FULL])
+        assert done.exit_code == 0, done.output
+        assert done.output.splitlines()[-1].endswith(": finished")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    [letter] = json.loads(runner.invoke(cli, ["dlq", "list"]).output)
+    assert letter["jobId"] == bad and letter["error"]["type"] == "InvalidPayload"
+    usage = runner.invoke(cli, ["dlq", "purge"])
+    assert usage.exit_code == 2 and "give a job id or --all" in usage.output
+    assert runner.invoke(cli, ["dlq", "requeue", "nope"]).exit_code == 1
+    assert runner.invoke(cli, ["dlq", "requeue", bad]).output == f"requeued 1: {bad}\n"
+    assert queueing.job_status(redis_client, bad)["status"] == "queued"
+    assert runner.invoke(cli, ["recover"]).exit_code == 0
+
+
+def test_queue_commands_without_redis_say_so(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["status", "x"], env={"DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 1 and "no Redis: set REDIS_URL" in result.output
+    down = runner.invoke(cli, ["status", "x"], env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert down.exit_code == 1 and "Redis is unreachable" in down.output
