@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: all install test lint bench clean
+.PHONY: all install run test lint bench clean
 
 all: lint test
 
@@ -18,6 +18,10 @@ $(INSTALLED): setup.cfg pyproject.toml
 
 install: $(INSTALLED)
 
+# Workers on high, normal and low; an embedded Redis under DATA_DIR when REDIS_URL is unset.
+run: $(INSTALLED)
+	$(BIN)/preview-worker worker
+
 # The tests start their own private redis-server (see tests/conftest.py).
 test: $(INSTALLED)
 	$(BIN)/pytest
@@ -28,6 +32,8 @@ lint: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/render.py
+	$(BIN)/python bench/worker.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

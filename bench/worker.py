@@ -6,9 +6,11 @@ Every figure of one run comes from the same machine state; compare the ratios.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from preview_worker.worker import DEFAULT_MAX_JOBS, WorkerPool
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
 WORKERS = 2
+Rates = tuple[float, float]  # enqueues per second, jobs per second
 
 
 def noop(payload: dict[str, Any]) -> None:
@@ -59,7 +62,7 @@ def our_pool(url: str, settings: Settings, kind: str) -> None:
 
 def measure(
     connection: redis.Redis, enqueue: Callable[[int], object], count: int, work: Callable[[], float]
-) -> tuple[float, float]:
+) -> Rates:
     """Enqueue count jobs, then run the workers; return enqueues/s and jobs/s."""
     connection.flushdb()
     start = time.perf_counter()
@@ -96,13 +99,26 @@ def render_loop(data_dir: str, numbers: list[int]) -> None:
         store.store_preview(full(number))
 
 
+def median_rates(rounds: int, variants: dict[str, Callable[[], Rates]]) -> dict[str, Rates]:
+    """Run every variant once per round, interleaved against drift; return median rates."""
+    seen: dict[str, list[Rates]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            seen[name].append(run())
+    return {
+        name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+        for name, runs in seen.items()
+    }
+
+
 def main() -> None:
     """Print no-op and render throughput, ours against raw RQ, in one run."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--noop-jobs", type=int, default=2000)
-    parser.add_argument("--renders", type=int, default=60)
+    parser.add_argument("--renders", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
-    count = options.noop_jobs
+    count, forks = options.noop_jobs, options.noop_jobs // 4  # a fork per job is slow
 
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as data:
         url = server.url
@@ -126,39 +142,59 @@ def main() -> None:
         def enqueue_raw(number: int) -> object:
             return normal.enqueue(us, minimal(number))
 
-        def fork_raw() -> float:
-            return raw(Worker)
+        def run(enqueue: Callable[[int], object], jobs: int, work: Callable[[], float]) -> Rates:
+            return measure(connection, enqueue, jobs, work)
 
-        def simple_raw() -> float:
-            return raw(SimpleWorker)
-
-        forks = count // 4  # a fork per job is slow: fewer jobs keep the run short
-        rows = [
-            ("raw RQ, SimpleWorker", measure(connection, enqueue_raw, count, simple_raw)),
-            ("ours, simple (default)", measure(connection, submit, count, lambda: ours("simple"))),
-            ("raw RQ, forking Worker", measure(connection, enqueue_raw, forks, fork_raw)),
-            ("ours, fork", measure(connection, submit, forks, lambda: ours("fork"))),
-            ("raw RQ, SimpleWorker again", measure(connection, enqueue_raw, count, simple_raw)),
-        ]
-        print(f"no-op jobs, {WORKERS} worker processes")
+        rates = median_rates(options.rounds, {
+            "raw RQ, SimpleWorker": lambda: run(enqueue_raw, count, lambda: raw(SimpleWorker)),
+            "ours, simple (default)": lambda: run(submit, count, lambda: ours("simple")),
+            "raw RQ, forking Worker": lambda: run(enqueue_raw, forks, lambda: raw(Worker)),
+            "ours, fork": lambda: run(submit, forks, lambda: ours("fork")),
+        })
+        print(f"no-op jobs, {WORKERS} worker processes, median of {options.rounds} rounds")
         print(f"{'path':<26} {'enqueue/s':>10} {'jobs/s':>9}")
-        for name, (enqueue_rate, job_rate) in rows:
+        for name, (enqueue_rate, job_rate) in rates.items():
             print(f"{name:<26} {enqueue_rate:>10,.0f} {job_rate:>9,.0f}")
-        raw_simple, default, stock_fork = rows[0][1][1], rows[1][1][1], rows[2][1][1]
-        print(f"ours/raw with the same worker class: {default / raw_simple:.2f}x")
-        print(f"default configuration/stock forking rq worker: {default / stock_fork:.2f}x")
+        default, simple = rates["ours, simple (default)"][1], rates["raw RQ, SimpleWorker"][1]
+        fork, stock = rates["ours, fork"][1], rates["raw RQ, forking Worker"][1]
+        print(f"ours/raw with the same worker class: {default / simple:.2f}x (simple), "
+              f"{fork / stock:.2f}x (fork)")
+        print(f"default configuration/stock forking rq worker: {default / stock:.2f}x")
+        print_renders(connection, settings, options.renders, options.rounds, lambda: ours("simple"))
 
-        renders = options.renders
+
+def print_renders(
+    connection: redis.Redis,
+    settings: Settings,
+    renders: int,
+    rounds: int,
+    work: Callable[[], float],
+) -> None:
+    """Print full-payload renders per second through the queue against a plain loop."""
+
+    fresh = itertools.count()  # every render of every round is new: never a cache hit
+
+    def queued() -> Rates:
         connection.flushdb()
-        for number in range(renders):
+        numbers = [next(fresh) for _ in range(renders)]
+        for number in numbers:
             queueing.submit(connection, settings, full(number))
-        queued_rate = renders / ours("simple")
-        numbers = [list(range(10_000 + n, 10_000 + renders, WORKERS)) for n in range(WORKERS)]
+        rate = renders / work()
+        last = queueing.job_status(connection, queueing.job_id_for(full(numbers[-1])))
+        assert last["status"] == "finished" and not last["result"]["cached"], last
+        return 0.0, rate
+
+    def looped() -> Rates:
+        first = 1_000_000 + next(fresh) * renders
+        numbers = [list(range(first + n, first + renders, WORKERS)) for n in range(WORKERS)]
         with tempfile.TemporaryDirectory() as plain:
-            loop_rate = renders / run_processes(render_loop, [(plain, each) for each in numbers])
-        print(f"\nfull-payload renders, {WORKERS} processes, {renders} distinct payloads")
-        print(f"render function in a loop: {loop_rate:6.1f}/s")
-        print(f"through queue and workers: {queued_rate:6.1f}/s ({queued_rate / loop_rate:.0%})")
+            return 0.0, renders / run_processes(render_loop, [(plain, each) for each in numbers])
+
+    rates = median_rates(rounds, {"loop": looped, "queue": queued})
+    loop_rate, queue_rate = rates["loop"][1], rates["queue"][1]
+    print(f"\nfull-payload renders, {WORKERS} processes, {renders} distinct payloads")
+    print(f"render function in a loop: {loop_rate:6.1f}/s")
+    print(f"through queue and workers: {queue_rate:6.1f}/s ({queue_rate / loop_rate:.0%})")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Iterable
@@ -40,18 +41,17 @@ def record_outcome(
 
 
 def _observe(pipe: redis.client.Pipeline, queue: str, duration: float) -> None:
-    """Add one duration to a queue's histogram, cumulative like Prometheus buckets."""
+    """Add one duration to the smallest bucket that holds it; readers add buckets up."""
     key = keys.durations_key(queue)
-    for bound in DURATION_BUCKETS:
-        if duration <= bound:
-            pipe.hincrby(key, f"le:{_bound_name(bound)}", 1)
+    bound = next(bound for bound in DURATION_BUCKETS if duration <= bound)
+    pipe.hincrby(key, f"le:{_bound_name(bound)}", 1)
     pipe.hincrbyfloat(key, "sum", duration)
     pipe.hincrby(key, "count", 1)
 
 
 @dataclass
 class DurationHistogram:
-    """A queue's recorded job durations: cumulative bucket counts, sum and count."""
+    """A queue's recorded job durations: cumulative bucket counts (as Prometheus), sum, count."""
 
     buckets: list[tuple[float, int]] = field(default_factory=list)
     total: float = 0.0
@@ -74,10 +74,9 @@ def read_durations(connection: redis.Redis, queues: Iterable[str]) -> dict[str, 
     for queue in queues:
         recorded = connection.hgetall(keys.durations_key(queue))
         raw = {keys.text(name): value for name, value in recorded.items()}
+        counts = [int(raw.get(f"le:{_bound_name(bound)}", 0)) for bound in DURATION_BUCKETS]
         histograms[queue] = DurationHistogram(
-            buckets=[
-                (bound, int(raw.get(f"le:{_bound_name(bound)}", 0))) for bound in DURATION_BUCKETS
-            ],
+            buckets=list(zip(DURATION_BUCKETS, itertools.accumulate(counts), strict=True)),
             total=float(raw.get("sum", 0.0)),
             count=int(raw.get("count", 0)),
         )

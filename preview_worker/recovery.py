@@ -64,6 +64,16 @@ def worker_is_alive(connection: redis.Redis, name: str) -> bool:
     return time.time() - last < STOCK_WORKER_SILENCE
 
 
+@dataclass(frozen=True)
+class Sighting:
+    """The few fields of an accepted job that one recovery pass reads in bulk."""
+
+    job_id: str
+    status: str | None  # None when the job's record is gone
+    origin: str
+    worker_name: str
+
+
 def recover(connection: redis.Redis) -> RecoveryReport:
     """Run one recovery pass over every accepted job that has not ended."""
     report = RecoveryReport()
@@ -71,11 +81,44 @@ def recover(connection: redis.Redis) -> RecoveryReport:
     if not lock.acquire():
         return report  # another process is recovering right now
     try:
-        for raw_id in connection.zrange(keys.ACCEPTED, 0, -1):
-            _recover_one(connection, keys.text(raw_id), report)
+        accepted = [keys.text(raw) for raw in connection.zrange(keys.ACCEPTED, 0, -1)]
+        sightings = _sight(connection, accepted)
+        waiting = _queued_ids(connection, {s.origin for s in sightings if s.status == "queued"})
+        missing = {keys.text(raw) for raw in connection.hkeys(keys.MISSING)}
+        for sighting in sightings:
+            _recover_one(connection, sighting, sighting.job_id in waiting, report)
+        # Forget first sightings of jobs that are back on a queue, running or ended.
+        lost = {s.job_id for s in sightings if s.status == "queued" and s.job_id not in waiting}
+        if missing - lost:
+            connection.hdel(keys.MISSING, *(missing - lost))
     finally:
         lock.release()
     return report
+
+
+def _sight(connection: redis.Redis, job_ids: list[str]) -> list[Sighting]:
+    """Read status, queue and worker of many jobs in one round trip."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hmget(f"rq:job:{job_id}", "status", "origin", "worker_name")
+        rows = pipe.execute()
+    return [
+        Sighting(
+            job_id,
+            keys.text(status) if status is not None else None,
+            keys.text(origin or b""),
+            keys.text(worker or b""),
+        )
+        for job_id, (status, origin, worker) in zip(job_ids, rows, strict=True)
+    ]
+
+
+def _queued_ids(connection: redis.Redis, origins: set[str]) -> set[str]:
+    """Return the ids waiting on the given queues, one LRANGE per queue."""
+    waiting: set[str] = set()
+    for origin in origins:
+        waiting.update(keys.text(raw) for raw in connection.lrange(f"rq:queue:{origin}", 0, -1))
+    return waiting
 
 
 def recover_safely(connection: redis.Redis) -> RecoveryReport | None:
@@ -90,38 +133,30 @@ def recover_safely(connection: redis.Redis) -> RecoveryReport | None:
     return report
 
 
-def _recover_one(connection: redis.Redis, job_id: str, report: RecoveryReport) -> None:
+def _recover_one(
+    connection: redis.Redis, sighting: Sighting, on_queue: bool, report: RecoveryReport
+) -> None:
     """Look at one accepted job and bring it back if a dead worker lost it."""
-    try:
-        job = Job.fetch(job_id, connection=connection)
-    except Exception:  # gone (expired, deleted) or unreadable: nothing left to recover
-        connection.zrem(keys.ACCEPTED, job_id)
-        connection.hdel(keys.MISSING, job_id)
-        report.forgotten.append(job_id)
-        return
-    status = job.get_status()
-    if status == JobStatus.QUEUED:
-        _recover_if_off_queue(connection, job, report)
-    elif status == JobStatus.STARTED:
-        connection.hdel(keys.MISSING, job_id)
-        if not worker_is_alive(connection, job.worker_name or ""):
-            _fail_abandoned(connection, job, report)
-    else:
-        connection.hdel(keys.MISSING, job_id)
+    if sighting.status is None:  # expired or deleted: nothing left to recover
+        connection.zrem(keys.ACCEPTED, sighting.job_id)
+        report.forgotten.append(sighting.job_id)
+    elif sighting.status == JobStatus.QUEUED.value and not on_queue:
+        _recover_if_lost(connection, sighting.job_id, report)
+    elif sighting.status == JobStatus.STARTED.value:
+        if not worker_is_alive(connection, sighting.worker_name):
+            _fail_abandoned(connection, Job.fetch(sighting.job_id, connection=connection), report)
 
 
-def _recover_if_off_queue(connection: redis.Redis, job: Job, report: RecoveryReport) -> None:
-    """Put a queued job back on its queue once it has been off it for the grace period."""
-    queue = Queue(job.origin, connection=connection)
-    if connection.lpos(queue.key, job.id) is not None:
-        connection.hdel(keys.MISSING, job.id)
-        return
+def _recover_if_lost(connection: redis.Redis, job_id: str, report: RecoveryReport) -> None:
+    """Put a job that is queued but on no queue back, once it has been so for the grace period."""
     now = time.time()
     # Seen off its queue twice, MISSING_GRACE apart: a live worker would have recorded it.
-    connection.hsetnx(keys.MISSING, job.id, now)
-    first_seen = float(connection.hget(keys.MISSING, job.id) or now)
+    connection.hsetnx(keys.MISSING, job_id, now)
+    first_seen = float(connection.hget(keys.MISSING, job_id) or now)
     if now - first_seen < MISSING_GRACE:
         return
+    job = Job.fetch(job_id, connection=connection)
+    queue = Queue(job.origin, connection=connection)
     with connection.pipeline() as pipe:
         _forget_executions(connection, job, queue, pipe)
         pipe.lpush(queue.key, job.id)  # at the front: it has waited long enough

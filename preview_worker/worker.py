@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
@@ -151,7 +152,8 @@ class WorkerPool:
                 recovery.recover_safely(connection)
                 next_recovery = time.monotonic() + RECOVERY_INTERVAL
             self.reap(connection)
-            time.sleep(0.5)
+            # Wake as soon as a worker exits, or every half second for recovery.
+            wait([process.sentinel for process in self.processes.values()], timeout=0.5)
 
     def reap(self, connection: redis.Redis) -> None:
         """Forget workers that exited; replace them unless draining or out of burst work."""
