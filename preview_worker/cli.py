@@ -160,6 +160,7 @@ def service_redis(settings: Settings) -> Iterator[str]:
 def connection_of(settings: Settings) -> redis.Redis:
     """Connect to the service's Redis, or stop with a clear line when it is unreachable."""
     connection = queueing.connect(redis_url_of(settings))
+    click.get_current_context().call_on_close(connection.close)
     try:
         connection.ping()
     except redis.RedisError as error:
@@ -318,7 +319,7 @@ def dlq_list(settings: Settings) -> None:
 def _one_or_all(job_id: str | None, every: bool) -> str | None:
     """Check that exactly one of a job id and --all was given."""
     if (job_id is None) == (not every):
-        raise click.UsageError("give a job id or --all, not both")
+        raise click.UsageError("give exactly one of a job id or --all")
     return job_id
 
 

@@ -68,7 +68,7 @@ def requeue(connection: redis.Redis, settings: Settings, job_id: str | None = No
         job.retry_intervals = backoff_delays(settings)
         job.meta.pop("failure", None)
         job.save()
-        connection.zadd(keys.ACCEPTED, {each: time.time()})
+        connection.zadd(keys.ACCEPTED, {each: time.time() + settings.queued_ttl})
         registry.requeue(each)
         requeued.append(each)
     return requeued

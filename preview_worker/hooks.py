@@ -25,16 +25,27 @@ def duration_of(job: Job) -> float | None:
     return None
 
 
-def settle(connection: redis.Redis, job: Job) -> None:
-    """Forget a job that reached a terminal state, so recovery stops watching it."""
-    connection.zrem(keys.ACCEPTED, job.id)
+def settle(connection: redis.Redis, job: Job) -> bool:
+    """Forget a job that ended, so recovery stops watching it; True for the one who did.
+
+    Hooks, cancel and recovery may all see the same end; only the one whose removal
+    succeeds counts the outcome, so each job's end is counted exactly once.
+    """
+    return bool(connection.zrem(keys.ACCEPTED, job.id))
+
+
+def record_end(
+    connection: redis.Redis, job: Job, outcome: str, duration: float | None = None
+) -> None:
+    """Settle a job that ended and count its outcome, if nobody else did."""
+    if settle(connection, job):
+        metrics.record_outcome(connection, job.origin, outcome, duration)
 
 
 def on_success(job: Job, connection: redis.Redis, result: Any) -> None:
     """Count a finished job and its duration."""
     try:
-        metrics.record_outcome(connection, job.origin, "succeeded", duration_of(job))
-        settle(connection, job)
+        record_end(connection, job, "succeeded", duration_of(job))
     except Exception:
         log.exception("success hook of job %s failed", job.id)
 
@@ -57,14 +68,11 @@ def on_failure(
         }
         job.save_meta()
         if exc_type is not None and issubclass(exc_type, retries.PreviewStopped):
-            outcome = "canceled"
+            record_end(connection, job, "canceled", duration_of(job))
         elif job.retries_left:
-            outcome = "retried"
+            metrics.record_outcome(connection, job.origin, "retried", duration_of(job))
         else:
-            outcome = "dead_lettered"
-        metrics.record_outcome(connection, job.origin, outcome, duration_of(job))
-        if outcome != "retried":
-            settle(connection, job)
+            record_end(connection, job, "dead_lettered", duration_of(job))
     except Exception:
         log.exception("failure hook of job %s failed", job.id)
 
@@ -74,7 +82,6 @@ def on_stopped(job: Job, connection: redis.Redis) -> None:
     try:
         job.meta["failure"] = {"type": "PreviewStopped", "message": "stopped on request"}
         job.save_meta()
-        metrics.record_outcome(connection, job.origin, "canceled")
-        settle(connection, job)
+        record_end(connection, job, "canceled")
     except Exception:
         log.exception("stop hook of job %s failed", job.id)

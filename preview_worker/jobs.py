@@ -12,6 +12,9 @@ from preview_worker.schema import validate_payload
 from preview_worker.settings import get_settings
 from preview_worker.storage import ArtifactStore
 
+# What each stage of a render is called in the job's progress, and how far along it starts.
+STAGES = {"html": ("page", 20), "png": ("thumbnail", 55), "write": ("storing", 90)}
+
 
 def render_preview(payload: dict[str, Any]) -> dict[str, Any]:
     """Render a payload's preview into the artifact store and return what was written."""
@@ -21,7 +24,8 @@ def render_preview(payload: dict[str, Any]) -> dict[str, Any]:
     if problems:
         details = "; ".join(f"{each.path or '(root)'}: {each.message}" for each in problems)
         raise InvalidPayload(details[:1000])
-    progress.report(job, "rendering", 10)
-    stored = ArtifactStore(get_settings().data_dir).store_preview(payload)
+    stored = ArtifactStore(get_settings().data_dir).store_preview(
+        payload, checkpoint=lambda stage: progress.report(job, *STAGES[stage])
+    )
     progress.report(job, "done", 100)
     return stored.as_dict()

@@ -8,8 +8,11 @@ PREFIX = "preview"
 OUTCOMES = f"{PREFIX}:outcomes"
 # Duration histogram of one queue: fields "le:<bound>", "sum" and "count".
 DURATIONS = f"{PREFIX}:durations:{{queue}}"
-# Every accepted job not yet finished, dead-lettered or canceled: id -> accepted at (epoch s).
+# Every accepted job not yet finished, dead-lettered or canceled: id -> the time (epoch s)
+# by which it must have started, after which recovery dead-letters it as QueuedTooLong.
 ACCEPTED = f"{PREFIX}:accepted"
+# A stop asked of a running job, kept for recovery in case its worker died meanwhile.
+STOP_REQUESTED = f"{PREFIX}:stop:{{job_id}}"
 # Accepted jobs seen queued but on no queue: id -> first seen at (epoch s).
 MISSING = f"{PREFIX}:missing"
 # Lock taken while a dead-lettered or canceled job is replaced by a new attempt.
@@ -18,6 +21,8 @@ RESUBMIT_LOCK_TTL = 10  # seconds; far longer than one resubmission takes
 # Only one recovery pass runs at a time, across every host.
 RECOVERY_LOCK = f"{PREFIX}:recovery-lock"
 RECOVERY_LOCK_TTL = 30  # seconds; one recovery pass holds it at most this long
+# Names of our in-process workers start so; recovery trusts their liveness keys.
+OUR_WORKER_PREFIX = f"{PREFIX}-"
 # Liveness of one of our worker processes, refreshed by a thread even while a job runs.
 WORKER_ALIVE = f"{PREFIX}:alive:{{name}}"
 WORKER_ALIVE_TTL = 15  # seconds; a worker that stops refreshing is dead after this
@@ -37,6 +42,11 @@ def durations_key(queue: str) -> str:
 def resubmit_lock_key(job_id: str) -> str:
     """Return the resubmission lock key of a job."""
     return RESUBMIT_LOCK.format(job_id=job_id)
+
+
+def stop_requested_key(job_id: str) -> str:
+    """Return the key that records a stop asked of a running job."""
+    return STOP_REQUESTED.format(job_id=job_id)
 
 
 def worker_alive_key(name: str) -> str:

@@ -34,4 +34,5 @@ def begin_attempt(job: Job | None) -> None:
     if job is None:
         return
     job.meta.setdefault("attempts", []).append(round(time.time(), 3))
+    job.meta.pop("failure", None)  # the reason of an earlier attempt no longer holds
     report(job, "started", 0)

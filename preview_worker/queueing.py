@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import WatchError
 from redis.retry import Retry
 from rq import Callback, Queue
 from rq.command import send_stop_job_command
@@ -172,8 +173,9 @@ def _enqueue(
     """Put a new job on its priority's queue, with every policy attached."""
     priority = _priority(payload)
     queue = Queue(queue_name(settings, priority), connection=connection)
-    # Tracked before it exists, so no moment passes when recovery could not see it.
-    connection.zadd(keys.ACCEPTED, {job_id: time.time()})
+    # Tracked before it exists, so no moment passes when recovery could not see it. The
+    # score is the time by which it must have started (see recovery: QueuedTooLong).
+    connection.zadd(keys.ACCEPTED, {job_id: time.time() + settings.queued_ttl})
     try:
         job = queue.enqueue(
             function,
@@ -184,7 +186,6 @@ def _enqueue(
             job_timeout=settings.job_timeout,
             result_ttl=settings.result_ttl,
             failure_ttl=settings.failure_ttl,
-            ttl=settings.queued_ttl,
             description=f"preview of {payload.get('tutorialId')}",
             meta={
                 "requestId": request_id or payload.get("requestId"),
@@ -282,20 +283,40 @@ def _failure_from_result(job: Job) -> dict[str, str]:
 def cancel(connection: redis.Redis, job_id: str) -> str:
     """Cancel a waiting job or stop a running one; return the status it now has."""
     job = get_job(connection, job_id)
-    status = job.get_status()
-    if status in ENDED:
-        raise JobAlreadyEnded(job_id, status.value)
-    if status == JobStatus.STARTED:
-        try:
-            send_stop_job_command(connection, job_id)
-        except InvalidJobOperation:
-            pass  # picked up but not yet running: cancel it as a waiting job below
-        else:
-            return "stopping"
-    try:
-        job.cancel()
-    except InvalidJobOperation as error:  # ended between the two reads
-        raise JobAlreadyEnded(job_id, job.get_status().value) from error
-    metrics.record_outcome(connection, job.origin, "canceled")
-    hooks.settle(connection, job)
+    with connection.pipeline() as pipe:
+        while True:
+            try:
+                # The job must not move on between our look and our write.
+                pipe.watch(job.key)  # type: ignore[no-untyped-call]
+                status = _status_or_missing(job)
+                if status in ENDED:
+                    raise JobAlreadyEnded(job_id, status.value)
+                if status == JobStatus.STARTED:
+                    pipe.unwatch()
+                    _request_stop(connection, job)
+                    return "stopping"
+                pipe.multi()
+                job.cancel(pipeline=pipe)
+                pipe.execute()
+                break
+            except WatchError:
+                continue
+    hooks.record_end(connection, job, "canceled")
     return JobStatus.CANCELED.value
+
+
+def _status_or_missing(job: Job) -> JobStatus:
+    """Return a job's current status, or raise JobNotFound when its record is gone."""
+    try:
+        return job.get_status()
+    except InvalidJobOperation:
+        raise JobNotFound(f"no job {job.id}") from None
+
+
+def _request_stop(connection: redis.Redis, job: Job) -> None:
+    """Ask the worker running a job to stop it, and leave the request for recovery too."""
+    # If the worker is dead, nobody hears the command: recovery reads this key instead of
+    # retrying the job. It lasts as long as the attempt could.
+    lifetime = (job.timeout if job.timeout and job.timeout > 0 else 3600) + 60
+    connection.set(keys.stop_requested_key(job.id), 1, ex=int(lifetime))
+    send_stop_job_command(connection, job.id)

@@ -11,21 +11,24 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import datetime, timezone
 
 import redis
+from redis.exceptions import WatchError
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
-from rq.utils import utcparse
 
-from preview_worker import keys, metrics
+from preview_worker import hooks, keys, metrics
 
 log = logging.getLogger(__name__)
 
 MISSING_GRACE = 5.0  # seconds a queued job may be off its queue before it counts as lost
-STOCK_WORKER_SILENCE = 120.0  # seconds without heartbeat after which a stock worker is dead
-OUR_WORKER_PREFIX = "preview-"
+WORKER_DIED = "WorkerDied"
+QUEUED_TOO_LONG = ("QueuedTooLong", "waited longer than PREVIEW_QUEUED_TTL to start")
+STOPPED_WHILE_DEAD = ("PreviewStopped", "stopped on request; its worker had died")
+FOREIGN_JOB_TIMEOUT = 3600  # seconds an attempt without a timeout of its own may run
+HORSE_GRACE = 60  # seconds past a job's timeout by which its worker has surely killed it
 
 
 @dataclass
@@ -47,21 +50,20 @@ class RecoveryReport:
         }
 
 
-def worker_is_alive(connection: redis.Redis, name: str) -> bool:
-    """Tell whether the worker of this name still runs."""
-    if not name:
-        return False
-    if name.startswith(OUR_WORKER_PREFIX):
+def attempt_may_run(connection: redis.Redis, job: Job) -> bool:
+    """Tell whether the worker that started a job may still be running it."""
+    name = job.worker_name or ""
+    if name.startswith(keys.OUR_WORKER_PREFIX):
+        # Our in-process workers refresh this key from a thread, job or no job.
         return bool(connection.exists(keys.worker_alive_key(name)))
-    # A stock worker: its key expires some time after death; its heartbeat says sooner.
-    beat = connection.hget(f"rq:worker:{name}", "last_heartbeat")
-    if beat is None:
-        return False
-    try:
-        last = utcparse(keys.text(beat)).replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return True  # an unreadable heartbeat: do not risk running its job twice
-    return time.time() - last < STOCK_WORKER_SILENCE
+    # Any other worker (a forking one, whose horse outlives its parent; a stock one): the
+    # attempt cannot outlast its own timeout, so wait that long past its last sign of life.
+    last = job.last_heartbeat or job.started_at
+    if last is None:
+        return True
+    timeout = job.timeout if job.timeout and job.timeout > 0 else FOREIGN_JOB_TIMEOUT
+    silent = (datetime.now(timezone.utc) - last.replace(tzinfo=timezone.utc)).total_seconds()
+    return silent < timeout + HORSE_GRACE
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,17 @@ class Sighting:
     job_id: str
     status: str | None  # None when the job's record is gone
     origin: str
-    worker_name: str
+    started: bool  # whether any attempt ever started
+    start_by: float  # epoch seconds by which it had to start
+
+
+# What an ended job that no hook settled counts as (its hook died with its worker).
+ENDED_OUTCOMES = {
+    JobStatus.FINISHED.value: "succeeded",
+    JobStatus.FAILED.value: "dead_lettered",
+    JobStatus.STOPPED.value: "canceled",
+    JobStatus.CANCELED.value: "canceled",
+}
 
 
 def recover(connection: redis.Redis) -> RecoveryReport:
@@ -81,35 +93,38 @@ def recover(connection: redis.Redis) -> RecoveryReport:
     if not lock.acquire():
         return report  # another process is recovering right now
     try:
-        accepted = [keys.text(raw) for raw in connection.zrange(keys.ACCEPTED, 0, -1)]
+        accepted: list[tuple[bytes, float]] = connection.zrange(
+            keys.ACCEPTED, 0, -1, withscores=True
+        )  # type: ignore[assignment]
         sightings = _sight(connection, accepted)
         waiting = _queued_ids(connection, {s.origin for s in sightings if s.status == "queued"})
-        missing = {keys.text(raw) for raw in connection.hkeys(keys.MISSING)}
         for sighting in sightings:
             _recover_one(connection, sighting, sighting.job_id in waiting, report)
         # Forget first sightings of jobs that are back on a queue, running or ended.
         lost = {s.job_id for s in sightings if s.status == "queued" and s.job_id not in waiting}
-        if missing - lost:
-            connection.hdel(keys.MISSING, *(missing - lost))
+        missing = {keys.text(raw) for raw in connection.hkeys(keys.MISSING)} - lost
+        if missing:
+            connection.hdel(keys.MISSING, *missing)
     finally:
         lock.release()
     return report
 
 
-def _sight(connection: redis.Redis, job_ids: list[str]) -> list[Sighting]:
-    """Read status, queue and worker of many jobs in one round trip."""
+def _sight(connection: redis.Redis, accepted: list[tuple[bytes, float]]) -> list[Sighting]:
+    """Read status, queue and start of many jobs in one round trip."""
     with connection.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.hmget(f"rq:job:{job_id}", "status", "origin", "worker_name")
+        for raw_id, _ in accepted:
+            pipe.hmget(Job.key_for(keys.text(raw_id)), "status", "origin", "started_at")
         rows = pipe.execute()
     return [
         Sighting(
-            job_id,
+            keys.text(raw_id),
             keys.text(status) if status is not None else None,
             keys.text(origin or b""),
-            keys.text(worker or b""),
+            bool(started),
+            start_by,
         )
-        for job_id, (status, origin, worker) in zip(job_ids, rows, strict=True)
+        for (raw_id, start_by), (status, origin, started) in zip(accepted, rows, strict=True)
     ]
 
 
@@ -117,7 +132,8 @@ def _queued_ids(connection: redis.Redis, origins: set[str]) -> set[str]:
     """Return the ids waiting on the given queues, one LRANGE per queue."""
     waiting: set[str] = set()
     for origin in origins:
-        waiting.update(keys.text(raw) for raw in connection.lrange(f"rq:queue:{origin}", 0, -1))
+        queue = Queue(origin, connection=connection)
+        waiting.update(keys.text(raw) for raw in connection.lrange(queue.key, 0, -1))
     return waiting
 
 
@@ -137,14 +153,22 @@ def _recover_one(
     connection: redis.Redis, sighting: Sighting, on_queue: bool, report: RecoveryReport
 ) -> None:
     """Look at one accepted job and bring it back if a dead worker lost it."""
-    if sighting.status is None:  # expired or deleted: nothing left to recover
-        connection.zrem(keys.ACCEPTED, sighting.job_id)
-        report.forgotten.append(sighting.job_id)
-    elif sighting.status == JobStatus.QUEUED.value and not on_queue:
-        _recover_if_lost(connection, sighting.job_id, report)
-    elif sighting.status == JobStatus.STARTED.value:
-        if not worker_is_alive(connection, sighting.worker_name):
-            _fail_abandoned(connection, Job.fetch(sighting.job_id, connection=connection), report)
+    job_id, status = sighting.job_id, sighting.status
+    if status is None:  # deleted, or expired: nothing left to recover
+        connection.zrem(keys.ACCEPTED, job_id)
+        report.forgotten.append(job_id)
+    elif status in ENDED_OUTCOMES:
+        job = Job.fetch(job_id, connection=connection)
+        hooks.record_end(connection, job, ENDED_OUTCOMES[status])
+    elif status == JobStatus.QUEUED.value:
+        if on_queue and not sighting.started and sighting.start_by < time.time():
+            _expire(connection, Job.fetch(job_id, connection=connection), report)
+        elif not on_queue:
+            _recover_if_lost(connection, job_id, report)
+    elif status == JobStatus.STARTED.value:
+        job = Job.fetch(job_id, connection=connection)
+        if not attempt_may_run(connection, job):
+            _fail_abandoned(connection, job, report)
 
 
 def _recover_if_lost(connection: redis.Redis, job_id: str, report: RecoveryReport) -> None:
@@ -158,47 +182,73 @@ def _recover_if_lost(connection: redis.Redis, job_id: str, report: RecoveryRepor
     job = Job.fetch(job_id, connection=connection)
     queue = Queue(job.origin, connection=connection)
     with connection.pipeline() as pipe:
-        _forget_executions(connection, job, queue, pipe)
-        pipe.lpush(queue.key, job.id)  # at the front: it has waited long enough
-        pipe.hdel(keys.MISSING, job.id)
-        pipe.execute()
+        try:
+            # Look again under WATCH: push it back only if it is still queued and still lost.
+            pipe.watch(job.key, queue.key)  # type: ignore[no-untyped-call]
+            if job.get_status() != JobStatus.QUEUED or pipe.lpos(queue.key, job.id) is not None:
+                return
+            stale = _executions_of(connection, job, queue)
+            pipe.multi()
+            if stale:
+                pipe.zrem(StartedJobRegistry(queue=queue).key, *stale)
+            pipe.lrem(f"{queue.key}:intermediate", 0, job.id)  # a single-queue worker's pop
+            pipe.lpush(queue.key, job.id)  # at the front: it has waited long enough
+            pipe.hdel(keys.MISSING, job.id)
+            pipe.execute()
+        except WatchError:
+            return  # it moved meanwhile: the next pass looks again
     report.requeued.append(job.id)
 
 
-def _forget_executions(
-    connection: redis.Redis, job: Job, queue: Queue, pipe: redis.client.Pipeline
-) -> None:
-    """Drop the started-registry entries that a dead worker left for this job."""
-    registry = StartedJobRegistry(queue=queue)
+def _executions_of(connection: redis.Redis, job: Job, queue: Queue) -> list[str]:
+    """Return the started-registry entries (job:execution) of a job."""
     prefix = f"{job.id}:"
-    for member in connection.zrange(registry.key, 0, -1):
-        if keys.text(member).startswith(prefix):
-            pipe.zrem(registry.key, keys.text(member))
+    members = connection.zrange(StartedJobRegistry(queue=queue).key, 0, -1)
+    return [keys.text(m) for m in members if keys.text(m).startswith(prefix)]
 
 
 def _fail_abandoned(connection: redis.Redis, job: Job, report: RecoveryReport) -> None:
     """Treat the attempt of a dead worker as a transient failure: retry or dead-letter."""
     queue = Queue(job.origin, connection=connection)
-    reason = f"worker {job.worker_name} died while running the job"
-    job.meta["failure"] = {"type": "WorkerDied", "message": reason}
+    stale = _executions_of(connection, job, queue)
+    if stale:
+        connection.zrem(StartedJobRegistry(queue=queue).key, *stale)
+    if connection.delete(keys.stop_requested_key(job.id)):
+        _dead_letter(connection, job, report, STOPPED_WHILE_DEAD)
+        return
+    if not job.retries_left:
+        _dead_letter(connection, job, report, (WORKER_DIED, f"worker {job.worker_name} died"))
+        return
+    job.meta["failure"] = {"type": WORKER_DIED, "message": f"worker {job.worker_name} died"}
+    job.save_meta()
+    # At once and at the front: the attempt was lost to a crash, and the retry scheduler
+    # may itself have died with the worker.
+    job.retries_left -= 1
+    queue.enqueue_job(job, at_front=True)
+    metrics.record_outcome(connection, job.origin, "retried")
+    report.retried.append(job.id)
+
+
+def _expire(connection: redis.Redis, job: Job, report: RecoveryReport) -> None:
+    """Dead-letter a job that waited too long to start, unless a worker just took it."""
+    queue = Queue(job.origin, connection=connection)
+    if connection.lrem(queue.key, 0, job.id):  # only one of us and a worker gets it
+        _dead_letter(connection, job, report, QUEUED_TOO_LONG)
+
+
+def _dead_letter(
+    connection: redis.Redis, job: Job, report: RecoveryReport, why: tuple[str, str]
+) -> None:
+    """Move a job to the dead-letter queue for a reason of recovery's own."""
+    kind, message = why
+    queue = Queue(job.origin, connection=connection)
+    job.meta["failure"] = {"type": kind, "message": message}
     job.save_meta()
     with connection.pipeline() as pipe:
-        _forget_executions(connection, job, queue, pipe)
+        job.set_status(JobStatus.FAILED, pipeline=pipe)
+        FailedJobRegistry(queue=queue).add(
+            job, ttl=job.failure_ttl, exc_string=f"{kind}: {message}", pipeline=pipe
+        )
         pipe.execute()
-    if job.retries_left:
-        # At once and at the front: the attempt was lost to a crash, and the retry
-        # scheduler may itself have died with the worker.
-        job.retries_left -= 1
-        queue.enqueue_job(job, at_front=True)
-        outcome = "retried"
-    else:
-        with connection.pipeline() as pipe:
-            job.set_status(JobStatus.FAILED, pipeline=pipe)
-            FailedJobRegistry(queue=queue).add(
-                job, ttl=job.failure_ttl, exc_string=f"WorkerDied: {reason}", pipeline=pipe
-            )
-            pipe.zrem(keys.ACCEPTED, job.id)
-            pipe.execute()
-        outcome = "dead_lettered"
-    metrics.record_outcome(connection, job.origin, outcome)
-    (report.retried if outcome == "retried" else report.dead_lettered).append(job.id)
+    hooks.record_end(connection, job, "canceled" if why == STOPPED_WHILE_DEAD else "dead_lettered")
+    report.dead_lettered.append(job.id)

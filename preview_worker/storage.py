@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preview_worker.render import ARTIFACTS, RENDERER_VERSION, render_files, render_input
+from preview_worker.render import (
+    ARTIFACTS,
+    RENDERER_VERSION,
+    Checkpoint,
+    render_files,
+    render_input,
+)
 from preview_worker.render.model import RenderInput
 
 MANIFEST = "manifest.json"
@@ -68,8 +74,8 @@ class StoredPreview:
         """Return a small JSON-able summary, fit for a job result or the command line."""
         # The directory stays out: a server's paths are no business of an HTTP client.
         return {
-            "hash": self.hash,
-            "files": [item.as_dict() for item in self.files],
+            "artifactHash": self.hash,
+            "artifacts": [item.as_dict() for item in self.files],
             "cached": self.cached,
             "dryRun": self.dry_run,
         }
@@ -173,18 +179,25 @@ class ArtifactStore:
             shutil.rmtree(path, ignore_errors=True)
         return len(abandoned)
 
-    def store_preview(self, payload: dict[str, Any]) -> StoredPreview:
-        """Render a valid payload into the store, unless stored already; dryRun writes nothing."""
+    def store_preview(
+        self, payload: dict[str, Any], checkpoint: Checkpoint | None = None
+    ) -> StoredPreview:
+        """Render a valid payload into the store, unless stored already; dryRun writes nothing.
+
+        checkpoint hears each stage (each format, then "write") before it starts.
+        """
+        check = checkpoint or (lambda stage: None)
         preview = render_input(payload)
         digest = preview_hash(preview)
         if payload.get("dryRun") is True:
-            files = render_files(preview)
+            files = render_files(preview, check)
             listed = [describe(name, data) for name, data in files.items()]
             return StoredPreview(digest, listed, dry_run=True)
         if self.exists(digest):
             return self._stored(digest)
-        files = render_files(preview)
+        files = render_files(preview, check)
         listed = [describe(name, data) for name, data in files.items()]
+        check("write")
         self._write(digest, files | {MANIFEST: manifest_bytes(digest, listed)})
         return StoredPreview(digest, listed, directory=self.directory_of(digest))
 

@@ -16,20 +16,23 @@ from types import FrameType
 from typing import Any
 
 import redis
-from rq import SimpleWorker, Worker
+from rq import Queue, SimpleWorker, Worker
+from rq.executions import Execution
+from rq.job import Job
 from rq.worker import BaseWorker
 
 from preview_worker import keys, progress, queueing, recovery
 from preview_worker.settings import Settings
+from preview_worker.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
-NAME_PREFIX = "preview-"  # recovery trusts the liveness key of workers with this prefix
 RECOVERY_INTERVAL = 10.0  # seconds between recovery passes of a pool
 DEFAULT_MAX_JOBS = 500  # jobs one in-process worker runs before it is replaced
 # Seconds between a worker's maintenance runs, where it also takes over the retry scheduler
 # of a dead worker; RQ's default of 600 would leave retries waiting for ten minutes.
 MAINTENANCE_INTERVAL = 60
+SWEEP_INTERVAL = 3600.0  # seconds between sweeps of half-written artifact directories
 
 
 class AliveMixin:
@@ -72,9 +75,21 @@ class PreviewWorker(AliveMixin, SimpleWorker):
         """Ask the running job to stop at its next stage, since there is no horse to kill."""
         progress.request_stop(self._stopped_job_id)
 
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        """Run one job, then forget any stop asked of it, so a new attempt runs in full."""
+        try:
+            result: bool = super().perform_job(job, queue, execution)
+            return result
+        finally:
+            progress.request_stop(None)
 
-class ForkingPreviewWorker(AliveMixin, Worker):
-    """Forks a work horse per job, like a stock `rq worker`."""
+
+class ForkingPreviewWorker(Worker):
+    """Forks a work horse per job, like a stock `rq worker`.
+
+    It keeps no liveness key: its horse runs in a process group of its own and can outlive
+    the worker, so recovery waits for the job's timeout instead (see recovery.py).
+    """
 
 
 WORKER_CLASSES: dict[str, type[BaseWorker]] = {
@@ -83,9 +98,11 @@ WORKER_CLASSES: dict[str, type[BaseWorker]] = {
 }
 
 
-def worker_name(index: int) -> str:
-    """Return a unique worker name that recovery recognises as ours."""
-    return f"{NAME_PREFIX}{socket.gethostname()}-{os.getpid()}-{index}"
+def worker_name(kind: str, index: int) -> str | None:
+    """Return a unique name that recovery recognises for an in-process worker; RQ's otherwise."""
+    if kind != "simple":
+        return None
+    return f"{keys.OUR_WORKER_PREFIX}{socket.gethostname()}-{os.getpid()}-{index}"
 
 
 def run_worker(
@@ -96,7 +113,7 @@ def run_worker(
     worker = WORKER_CLASSES[kind](
         queueing.queues(connection, settings),
         connection=connection,
-        name=worker_name(index),
+        name=worker_name(kind, index),
         default_result_ttl=settings.result_ttl,
         maintenance_interval=MAINTENANCE_INTERVAL,
     )
@@ -146,14 +163,27 @@ class WorkerPool:
         for index in range(self.concurrency):
             self.start_worker(index)
         connection = queueing.connect(self.redis_url)
-        next_recovery = 0.0
+        next_recovery = next_sweep = 0.0
         while self.processes:
             if not self.stopping and time.monotonic() >= next_recovery:
                 recovery.recover_safely(connection)
                 next_recovery = time.monotonic() + RECOVERY_INTERVAL
+            if not self.stopping and time.monotonic() >= next_sweep:
+                self.sweep_store()
+                next_sweep = time.monotonic() + SWEEP_INTERVAL
             self.reap(connection)
             # Wake as soon as a worker exits, or every half second for recovery.
             wait([process.sentinel for process in self.processes.values()], timeout=0.5)
+
+    def sweep_store(self) -> None:
+        """Remove half-written artifact directories that killed renders left behind."""
+        try:
+            removed = ArtifactStore(self.settings.data_dir).remove_abandoned()
+        except OSError as error:
+            log.warning("could not sweep the artifact store: %s", error)
+        else:
+            if removed:
+                log.info("removed %d half-written artifact directories", removed)
 
     def reap(self, connection: redis.Redis) -> None:
         """Forget workers that exited; replace them unless draining or out of burst work."""

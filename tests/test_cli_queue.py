@@ -14,7 +14,7 @@ from preview_worker.cli import cli
 from preview_worker.settings import Settings
 
 from .conftest import PAYLOADS, service_environment
-from .processes import start_worker
+from .processes import start_worker, stop
 
 MINIMAL = str(PAYLOADS / "preview_payload_minimal.json")
 FULL = str(PAYLOADS / "preview_payload_full.json")
@@ -94,16 +94,18 @@ def test_enqueue_wait_and_the_dead_letter_commands(
         assert done.exit_code == 0, done.output
         assert done.output.splitlines()[-1].endswith(": finished")
     finally:
-        worker.terminate()
-        worker.wait(30)
+        stop(worker)
     [letter] = json.loads(runner.invoke(cli, ["dlq", "list"]).output)
     assert letter["jobId"] == bad and letter["error"]["type"] == "InvalidPayload"
     usage = runner.invoke(cli, ["dlq", "purge"])
-    assert usage.exit_code == 2 and "give a job id or --all" in usage.output
+    assert usage.exit_code == 2 and "give exactly one of a job id or --all" in usage.output
     assert runner.invoke(cli, ["dlq", "requeue", "nope"]).exit_code == 1
     assert runner.invoke(cli, ["dlq", "requeue", bad]).output == f"requeued 1: {bad}\n"
     assert queueing.job_status(redis_client, bad)["status"] == "queued"
-    assert runner.invoke(cli, ["recover"]).exit_code == 0
+    report = runner.invoke(cli, ["recover"])
+    assert report.exit_code == 0 and set(json.loads(report.output)) == {
+        "requeued", "retried", "dead_lettered", "forgotten"
+    }
 
 
 def test_queue_commands_without_redis_say_so(runner: CliRunner, tmp_path: Path) -> None:

@@ -100,9 +100,9 @@ def test_concurrent_duplicates_make_exactly_one_job(
     submissions: list[queueing.Submission] = []
 
     def submit() -> None:
-        connection = queueing.connect(redis_url)
-        barrier.wait()
-        submissions.append(queueing.submit(connection, settings, payload(idempotencyKey="k")))
+        with queueing.connect(redis_url) as connection:
+            barrier.wait()
+            submissions.append(queueing.submit(connection, settings, payload(idempotencyKey="k")))
 
     threads = [threading.Thread(target=submit) for _ in range(40)]
     for thread in threads:
@@ -200,5 +200,34 @@ def test_outcomes_add_up_and_a_failing_recorder_never_raises(
     histogram = metrics.read_durations(redis_client, ["high"])["high"]
     assert histogram.count == 2 and histogram.total == pytest.approx(7.3)
     assert dict(histogram.buckets)[0.5] == 1 and dict(histogram.buckets)[10.0] == 2
-    unreachable = queueing.connect("redis://127.0.0.1:1/0")
-    metrics.record_outcome(unreachable, "high", "succeeded", 1.0)  # logs, does not raise
+    with queueing.connect("redis://127.0.0.1:1/0") as unreachable:
+        metrics.record_outcome(unreachable, "high", "succeeded", 1.0)  # logs, does not raise
+
+
+def test_duplicate_of_a_finished_job_returns_it_and_of_a_dead_letter_starts_anew(
+    redis_client: redis.Redis, settings: Settings, in_process_worker: Any
+) -> None:
+    """Given one finished and one dead-lettered job, resubmitting each does what it should."""
+    good = queueing.submit(redis_client, settings, payload()).job_id
+    bad = queueing.submit(redis_client, settings, payload(tutorialId="BAD")).job_id
+    in_process_worker(redis_client, settings)
+    assert queueing.job_status(redis_client, good)["status"] == "finished"
+    again = queueing.submit(redis_client, settings, payload())
+    assert again.duplicate and again.status == "finished"
+    retry = queueing.submit(redis_client, settings, payload(tutorialId="BAD"))
+    assert retry.job_id == bad and not retry.duplicate and retry.status == "queued"
+    assert queueing.job_status(redis_client, bad)["attempts"] == 0
+
+
+def test_requeue_and_purge_every_dead_letter(
+    redis_client: redis.Redis, settings: Settings, in_process_worker: Any
+) -> None:
+    """Given three dead letters, requeue --all then purge --all empties the queue."""
+    for n in range(3):
+        queueing.submit(redis_client, settings, payload(tutorialId=f"BAD-{n}"))
+    in_process_worker(redis_client, settings)
+    assert len(dead_letters.requeue(redis_client, settings)) == 3
+    assert queueing.queued_count(redis_client, settings) == 3
+    in_process_worker(redis_client, settings)
+    assert len(dead_letters.purge(redis_client, settings)) == 3
+    assert dead_letters.list_dead_letters(redis_client, settings) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import redis
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from preview_worker import keys, queueing, recovery
+from preview_worker import keys, metrics, queueing, recovery
 from preview_worker.settings import Settings, load_settings
 
 from .conftest import load_payload, service_environment
@@ -96,3 +97,49 @@ def test_ended_and_expired_jobs_are_forgotten(redis_client: redis.Redis, job_id:
     redis_client.delete(f"rq:job:{job_id}")
     assert recovery.recover(redis_client).forgotten == [job_id]
     assert redis_client.zcard(keys.ACCEPTED) == 0
+
+
+def test_an_end_no_hook_settled_is_counted_once(redis_client: redis.Redis, job_id: str) -> None:
+    """Given a job that finished while its hook died, recovery counts it, and only once."""
+    pop_and_die(redis_client, job_id)
+    job = Job.fetch(job_id, connection=redis_client)
+    job.set_status(JobStatus.FINISHED)
+    recovery.recover(redis_client)
+    recovery.recover(redis_client)
+    assert metrics.read_outcomes(redis_client)[("normal", "succeeded")] == 1
+    assert redis_client.zcard(keys.ACCEPTED) == 0
+
+
+def test_a_job_that_waited_too_long_is_dead_lettered(
+    redis_client: redis.Redis, job_id: str
+) -> None:
+    """Given a job still queued after its start-by time, recovery dead-letters it."""
+    redis_client.zadd(keys.ACCEPTED, {job_id: time.time() - 1})
+    assert recovery.recover(redis_client).dead_lettered == [job_id]
+    status = queueing.job_status(redis_client, job_id)
+    assert status["deadLettered"] and status["error"]["type"] == "QueuedTooLong"
+    assert redis_client.llen("rq:queue:normal") == 0
+
+
+def test_a_stop_asked_of_a_dead_workers_job_cancels_it(
+    redis_client: redis.Redis, job_id: str
+) -> None:
+    """Given a stop sent to a job whose worker had died, recovery ends it, never retries it."""
+    start_and_die(redis_client, job_id, "preview-gone-1-0")
+    assert queueing.cancel(redis_client, job_id) == "stopping"
+    assert recovery.recover(redis_client).dead_lettered == [job_id]
+    assert queueing.job_status(redis_client, job_id)["error"]["type"] == "PreviewStopped"
+    assert metrics.read_outcomes(redis_client)[("normal", "canceled")] == 1
+
+
+def test_a_foreign_workers_job_waits_for_its_timeout(
+    redis_client: redis.Redis, job_id: str
+) -> None:
+    """Given a job of a stock worker, recovery waits until its timeout has surely passed."""
+    start_and_die(redis_client, job_id, "rq-stock-worker")
+    job = Job.fetch(job_id, connection=redis_client)
+    job.heartbeat(datetime.now(timezone.utc), ttl=60)
+    assert recovery.recover(redis_client).retried == []
+    silent = timedelta(seconds=(job.timeout or 0) + 61)
+    job.heartbeat(datetime.now(timezone.utc) - silent, ttl=60)
+    assert recovery.recover(redis_client).retried == [job_id]

@@ -53,9 +53,9 @@ def count_renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     renders: list[int] = []
     real = render_files
 
-    def counting(preview: Any) -> dict[str, bytes]:
+    def counting(preview: Any, checkpoint: Any) -> dict[str, bytes]:
         renders.append(1)
-        return real(preview)
+        return real(preview, checkpoint)
 
     monkeypatch.setattr("preview_worker.storage.render_files", counting)
     return renders
@@ -80,7 +80,7 @@ def test_a_preview_is_stored_under_its_hash_with_a_manifest(data_dir: Path) -> N
             for name in ("index.html", "manifest.json", "thumbnail.png")
         ]
     )
-    assert stored.as_dict()["files"] == manifest["files"]
+    assert stored.as_dict()["artifacts"] == manifest["files"]
 
 
 def test_the_hash_covers_the_render_input_and_the_renderer_version(
@@ -227,8 +227,8 @@ from pathlib import Path
 from preview_worker import storage
 root, payload, me, other = sys.argv[1:5]
 render = storage.render_files
-def render_then_wait(preview):
-    files = render(preview)
+def render_then_wait(preview, checkpoint):
+    files = render(preview, checkpoint)
     Path(me).touch()
     deadline = time.monotonic() + 60
     while not Path(other).exists() and time.monotonic() < deadline:
@@ -260,7 +260,7 @@ def test_two_processes_storing_one_preview_at_once_both_succeed(tmp_path: Path) 
     stored = [json.loads(out) for out, _ in results]
     assert [item["cached"] for item in stored] == [False, False]  # both rendered
     assert stored[0] == stored[1]
-    digest = stored[0]["hash"]
+    digest = stored[0]["artifactHash"]
     assert entries(data_dir / "previews") == sorted(
         [digest[:2], f"{digest[:2]}/{digest}"]
         + [
@@ -276,9 +276,9 @@ def test_stored_preview_reports_small_json(data_dir: Path) -> None:
     stored = ArtifactStore(data_dir).store_preview(load_payload(MINIMAL))
     assert isinstance(stored, StoredPreview)
     data = json.loads(json.dumps(stored.as_dict()))
-    assert set(data) == {"hash", "files", "cached", "dryRun"}
+    assert set(data) == {"artifactHash", "artifacts", "cached", "dryRun"}
     assert str(data_dir) not in json.dumps(data)
-    assert data["hash"] == preview_hash(render_input(load_payload(MINIMAL)))
+    assert data["artifactHash"] == preview_hash(render_input(load_payload(MINIMAL)))
 
 
 def test_directories_abandoned_by_killed_writers_are_removed(data_dir: Path) -> None:

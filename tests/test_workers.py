@@ -52,7 +52,7 @@ def has_ended(connection: redis.Redis, job_id: str) -> bool:
 def is_rendering(connection: redis.Redis, job_id: str) -> bool:
     """Tell whether a job's render function is running (not merely popped by a worker)."""
     status = status_of(connection, job_id)
-    return bool(status["status"] == "started" and status["progress"]["stage"] == "rendering")
+    return bool(status["status"] == "started" and status["progress"]["stage"] == "page")
 
 
 def test_high_job_runs_before_fifty_low_ones(
@@ -64,7 +64,10 @@ def test_high_job_runs_before_fifty_low_ones(
     ]
     high = queueing.submit(redis_client, settings, payload(priority="high", revision=99)).job_id
     worker = start_worker(service_environment(redis_url, data_dir), "--burst", "--concurrency", "1")
-    assert worker.wait(120) == 0
+    try:
+        assert worker.wait(120) == 0
+    finally:
+        stop(worker)
     started = {job_id: status_of(redis_client, job_id)["startedAt"] for job_id in [*lows, high]}
     assert all(status_of(redis_client, job_id)["status"] == "finished" for job_id in started)
     assert started[high] < min(started[low] for low in lows)
@@ -104,7 +107,10 @@ def test_permanent_failure_is_dead_lettered_after_one_attempt(
 ) -> None:
     job_id = queueing.submit(redis_client, settings, payload(tutorialId="Not A Slug")).job_id
     worker = start_worker(service_environment(redis_url, data_dir), "--burst")
-    assert worker.wait(60) == 0
+    try:
+        assert worker.wait(60) == 0
+    finally:
+        stop(worker)
     status = status_of(redis_client, job_id)
     assert status["deadLettered"] and status["attempts"] == 1 and status["retriesLeft"] == 0
     assert status["error"]["type"] == "InvalidPayload"
@@ -113,22 +119,32 @@ def test_permanent_failure_is_dead_lettered_after_one_attempt(
 
 
 @pytest.mark.parametrize("kind", ["simple", "fork"])
-def test_cancel_stops_a_running_job(
+def test_cancel_stops_a_running_job_and_a_resubmission_runs_in_full(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path, kind: str
 ) -> None:
+    """Given a job mid-render, When canceled, Then it stops unwritten; its retry then runs."""
     job_id = queueing.submit(redis_client, settings, slow_payload()).job_id
-    worker = start_worker(service_environment(redis_url, data_dir), "--kind", kind)
+    worker = start_worker(
+        service_environment(redis_url, data_dir), "--kind", kind, "--concurrency", "1"
+    )
     try:
         wait_until(lambda: is_rendering(redis_client, job_id), 30, "rendering")
         assert queueing.cancel(redis_client, job_id) == "stopping"
         wait_until(lambda: has_ended(redis_client, job_id), 30, "the stop")
+        status = status_of(redis_client, job_id)
+        assert status["status"] == "stopped" and status["result"] is None
+        assert not list(data_dir.rglob("manifest.json")), "a stopped render writes nothing"
+        assert metrics.read_outcomes(redis_client)[("normal", "canceled")] == 1
+        with pytest.raises(queueing.JobAlreadyEnded):
+            queueing.cancel(redis_client, job_id)
+
+        again = queueing.submit(redis_client, settings, slow_payload())
+        assert again.job_id == job_id and not again.duplicate
+        wait_until(lambda: has_ended(redis_client, job_id), 60, "the new attempt")
     finally:
         stop(worker)
-    status = status_of(redis_client, job_id)
-    assert status["status"] == "stopped" and status["result"] is None
-    assert metrics.read_outcomes(redis_client)[("normal", "canceled")] == 1
-    with pytest.raises(queueing.JobAlreadyEnded):
-        queueing.cancel(redis_client, job_id)
+    assert status_of(redis_client, job_id)["status"] == "finished"
+    assert len(list(data_dir.rglob("manifest.json"))) == 1
 
 
 def test_stock_rq_worker_runs_jobs_and_dead_letters_failures(
@@ -139,7 +155,10 @@ def test_stock_rq_worker_runs_jobs_and_dead_letters_failures(
     worker = start_stock_worker(
         service_environment(redis_url, data_dir), "--with-scheduler", "--burst", *QUEUES
     )
-    assert worker.wait(60) == 0
+    try:
+        assert worker.wait(60) == 0
+    finally:
+        stop(worker)
     assert status_of(redis_client, good)["status"] == "finished"
     failed = status_of(redis_client, bad)
     assert failed["deadLettered"] and failed["attempts"] == 1
@@ -152,9 +171,11 @@ def test_job_of_a_killed_worker_is_recovered_within_a_minute(
     job_id = queueing.submit(redis_client, settings, slow_payload()).job_id
     environment = service_environment(redis_url, data_dir)
     first = start_worker(environment, "--concurrency", "1")
-    wait_until(lambda: is_rendering(redis_client, job_id), 30, "rendering")
-    kill_group(first)  # the whole process group, as an OOM killer or a host loss would
-    first.wait()
+    try:
+        wait_until(lambda: is_rendering(redis_client, job_id), 30, "rendering")
+    finally:
+        kill_group(first)  # the whole process group, as an OOM killer or a host loss would
+        first.wait()
     killed_at = time.monotonic()
     second = start_worker(environment, "--concurrency", "1")
     try:
@@ -172,8 +193,11 @@ def test_sigterm_lets_the_running_job_finish(
     running = queueing.submit(redis_client, settings, slow_payload(1)).job_id
     waiting = queueing.submit(redis_client, settings, slow_payload(2)).job_id
     worker = start_worker(service_environment(redis_url, data_dir), "--concurrency", "1")
-    wait_until(lambda: is_rendering(redis_client, running), 30, "rendering")
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(60) == 0
+    try:
+        wait_until(lambda: is_rendering(redis_client, running), 30, "rendering")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    finally:
+        stop(worker)
     assert status_of(redis_client, running)["status"] == "finished"
     assert status_of(redis_client, waiting)["status"] == "queued"

@@ -5,6 +5,7 @@ Nothing here knows of Redis, RQ or Flask: the same payload always gives the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from preview_worker.render.model import RenderInput, render_input
@@ -21,13 +22,26 @@ ARTIFACTS = {
 }
 
 
-def render_files(preview: RenderInput) -> dict[str, bytes]:
+Checkpoint = Callable[[str], None]  # told each stage ("html", "png", ...) before it starts
+
+
+def _no_checkpoint(stage: str) -> None:
+    """Let every stage go ahead."""
+
+
+def render_files(
+    preview: RenderInput, checkpoint: Checkpoint = _no_checkpoint
+) -> dict[str, bytes]:
     """Render the artifacts of a render input: file name -> bytes, in its formats only."""
     renderers = {
         "html": lambda: render_page(preview).encode("utf-8"),
         "png": lambda: render_thumbnail(preview),
     }
-    return {ARTIFACTS[name][0]: renderers[name]() for name in preview.formats}
+    files = {}
+    for name in preview.formats:
+        checkpoint(name)  # a caller may stop the render here, e.g. when it was canceled
+        files[ARTIFACTS[name][0]] = renderers[name]()
+    return files
 
 
 def render_preview_files(payload: dict[str, Any]) -> dict[str, bytes]:
@@ -37,6 +51,7 @@ def render_preview_files(payload: dict[str, Any]) -> dict[str, bytes]:
 
 __all__ = [
     "ARTIFACTS",
+    "Checkpoint",
     "RENDERER_VERSION",
     "RenderInput",
     "render_files",
