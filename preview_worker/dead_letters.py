@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import redis
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
@@ -62,16 +62,28 @@ def requeue(connection: redis.Redis, settings: Settings, job_id: str | None = No
     """Put one dead-lettered job (or all) back on its queue with a fresh set of retries."""
     requeued = []
     for each in _ids(connection, settings, job_id):
-        registry = _find(connection, settings, each)
-        job = Job.fetch(each, connection=connection)
-        job.retries_left = settings.retry_max
-        job.retry_intervals = backoff_delays(settings)
-        job.meta.pop("failure", None)
-        job.save()
-        connection.zadd(keys.ACCEPTED, {each: time.time() + settings.queued_ttl})
-        registry.requeue(each)
+        # The lock a resubmission takes too: one of the two replaces the dead letter.
+        with connection.lock(keys.resubmit_lock_key(each), timeout=keys.RESUBMIT_LOCK_TTL):
+            try:
+                _requeue_one(connection, settings, each)
+            except (NotDeadLettered, NoSuchJobError, InvalidJobOperation):
+                if job_id is not None:
+                    raise NotDeadLettered(f"job {each} is not dead-lettered") from None
+                continue  # another operator or a resubmission got there first
         requeued.append(each)
     return requeued
+
+
+def _requeue_one(connection: redis.Redis, settings: Settings, job_id: str) -> None:
+    """Requeue one dead letter with fresh retries, or raise if it is no longer one."""
+    registry = _find(connection, settings, job_id)
+    job = Job.fetch(job_id, connection=connection)
+    job.retries_left = settings.retry_max
+    job.retry_intervals = backoff_delays(settings)
+    job.meta.pop("failure", None)
+    job.save()
+    connection.zadd(keys.ACCEPTED, {job_id: time.time() + settings.queued_ttl})
+    registry.requeue(job_id)
 
 
 def purge(connection: redis.Redis, settings: Settings, job_id: str | None = None) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +18,7 @@ from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from preview_worker import hooks, keys, metrics
+from preview_worker.canonical import canonical_json
 from preview_worker.retries import retry_policy
 from preview_worker.settings import Settings
 
@@ -98,17 +98,17 @@ def connect(url: str) -> redis.Redis:
     )
 
 
-def canonical_json(value: Any) -> bytes:
-    """Serialise a JSON value the same way every time."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def job_id_for(payload: dict[str, Any], namespace: str = "") -> str:
+    """Return the job id: the idempotency key, else a digest of what the payload renders.
 
-
-def job_id_for(payload: dict[str, Any]) -> str:
-    """Return the job id: the idempotency key, else a digest of what the payload renders."""
+    namespace (PREVIEW_QUEUE_NAME) keeps the jobs of apps that share one Redis apart.
+    """
     if payload.get("idempotencyKey"):
-        return str(payload["idempotencyKey"])
-    content = {key: value for key, value in payload.items() if key not in DELIVERY_FIELDS}
-    return "preview-" + hashlib.sha256(canonical_json(content)).hexdigest()[:40]
+        key = str(payload["idempotencyKey"])
+    else:
+        content = {key: value for key, value in payload.items() if key not in DELIVERY_FIELDS}
+        key = "preview-" + hashlib.sha256(canonical_json(content)).hexdigest()[:40]
+    return f"{namespace}-{key}" if namespace else key
 
 
 def queued_count(connection: redis.Redis, settings: Settings) -> int:
@@ -130,7 +130,7 @@ def submit(
 
     function names what workers run; only benchmarks and tests pass another than the render.
     """
-    job_id = job_id_for(payload)
+    job_id = job_id_for(payload, settings.queue_name)
     existing = _fetch(connection, job_id)
     if existing is not None and existing.get_status() not in RESUBMITTABLE:
         return _duplicate(connection, existing)

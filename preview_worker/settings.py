@@ -16,7 +16,8 @@ T = TypeVar("T")
 ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Also a prefix of job ids, so only the characters RQ allows in those.
+QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 class SettingsError(ValueError):
@@ -105,7 +106,7 @@ def _queue_name(name: str, raw: str) -> str:
     value = raw.strip()
     if not QUEUE_NAME_PATTERN.match(value):
         raise SettingsError(
-            f"{name} must be 1-64 letters, digits, '_', '.' or '-', got {raw!r}"
+            f"{name} must be 1-64 letters, digits, '_' or '-', got {raw!r}"
         )
     return value
 

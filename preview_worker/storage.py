@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from preview_worker.canonical import canonical_json
 from preview_worker.render import (
     ARTIFACTS,
     RENDERER_VERSION,
@@ -79,12 +80,6 @@ class StoredPreview:
             "cached": self.cached,
             "dryRun": self.dry_run,
         }
-
-
-def canonical_json(data: Any) -> bytes:
-    """Return the one JSON encoding of some data: sorted keys, no spaces, UTF-8."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return text.encode("utf-8")
 
 
 def preview_hash(preview: RenderInput) -> str:

@@ -79,8 +79,10 @@ def test_queue_name_prefix(redis_client: redis.Redis, redis_url: str, data_dir: 
     settings = load_settings(
         service_environment(redis_url, data_dir, PREVIEW_QUEUE_NAME="tutorials")
     )
-    submission = queueing.submit(redis_client, settings, payload(priority="low"))
+    low = payload(priority="low", idempotencyKey="d")
+    submission = queueing.submit(redis_client, settings, low)
     assert submission.queue == "tutorials-low"
+    assert submission.job_id == "tutorials-d", "apps sharing a Redis keep their own job ids"
     assert Queue("tutorials-low", connection=redis_client).count == 1
 
 
