@@ -25,7 +25,7 @@ from preview_worker import queueing
 from preview_worker.embedded_redis import EmbeddedRedis
 from preview_worker.settings import Settings, get_settings
 from preview_worker.storage import ArtifactStore
-from preview_worker.worker import DEFAULT_MAX_JOBS, WorkerPool
+from preview_worker.worker import WorkerPool
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
 WORKERS = 2
@@ -57,7 +57,9 @@ def raw_worker(url: str, worker_class: type[Worker] | type[SimpleWorker]) -> Non
 
 def our_pool(url: str, settings: Settings, kind: str) -> None:
     """Run our worker pool in burst mode, as `preview-worker worker --burst` does."""
-    WorkerPool(url, settings, WORKERS, kind=kind, burst=True, max_jobs=DEFAULT_MAX_JOBS).run()
+    pool = WorkerPool(url, settings, WORKERS, kind=kind, burst=True)
+    pool.max_jobs = settings.worker_max_jobs
+    pool.run()
 
 
 def measure(

@@ -213,12 +213,13 @@ def render(settings: Settings, path: str, out: str | None) -> None:
     help="Run jobs in the worker process (simple) or in a forked process per job (fork).",
 )
 @click.option(
-    "--max-jobs", type=click.IntRange(1), default=500, show_default=True,
-    help="Jobs a worker runs before a fresh process replaces it.",
+    "--max-jobs",
+    type=click.IntRange(1),
+    help="Jobs a worker runs before a fresh process replaces it [PREVIEW_WORKER_MAX_JOBS].",
 )
 @click.pass_obj
 def worker(
-    settings: Settings, concurrency: int | None, burst: bool, kind: str, max_jobs: int
+    settings: Settings, concurrency: int | None, burst: bool, kind: str, max_jobs: int | None
 ) -> None:
     """Run a pool of workers on high, normal and low, with the retry scheduler and recovery."""
     from preview_worker.worker import WorkerPool
@@ -230,7 +231,7 @@ def worker(
             concurrency=concurrency or settings.worker_concurrency,
             kind=kind,
             burst=burst,
-            max_jobs=max_jobs,
+            max_jobs=max_jobs or settings.worker_max_jobs,
         ).run()
 
 

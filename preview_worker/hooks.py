@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from rq.job import Job
 
-from preview_worker import keys, metrics, retries
+from preview_worker import metrics, retries
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +25,14 @@ def duration_of(job: Job) -> float | None:
     return None
 
 
-def settle(connection: redis.Redis, job: Job) -> bool:
-    """Forget a job that ended, so recovery stops watching it; True for the one who did.
-
-    Hooks, cancel and recovery may all see the same end; only the one whose removal
-    succeeds counts the outcome, so each job's end is counted exactly once.
-    """
-    return bool(connection.zrem(keys.ACCEPTED, job.id))
-
-
 def record_end(
     connection: redis.Redis, job: Job, outcome: str, duration: float | None = None
 ) -> None:
-    """Settle a job that ended and count its outcome, if nobody else did."""
-    if settle(connection, job):
-        metrics.record_outcome(connection, job.origin, outcome, duration)
+    """Stop recovery watching a job that ended, and count its outcome unless already counted.
+
+    Hooks, cancel and recovery may all see the same end; only the first counts it.
+    """
+    metrics.record_outcome(connection, job.origin, outcome, duration, settle=job.id)
 
 
 def on_success(job: Job, connection: redis.Redis, result: Any) -> None:

@@ -26,27 +26,45 @@ def _bound_name(bound: float) -> str:
     return "+Inf" if bound == math.inf else repr(bound)
 
 
+# One round trip per job end: claim it (when asked), count it, add its duration.
+RECORD = """
+if ARGV[4] ~= '' and redis.call('ZREM', KEYS[3], ARGV[4]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+if ARGV[2] ~= '' then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  redis.call('HINCRBYFLOAT', KEYS[2], 'sum', ARGV[3])
+  redis.call('HINCRBY', KEYS[2], 'count', 1)
+end
+return 1
+"""
+
+
 def record_outcome(
-    connection: redis.Redis, queue: str, outcome: str, duration: float | None = None
-) -> None:
-    """Count one outcome of a job on a queue (and its duration); never raise."""
+    connection: redis.Redis,
+    queue: str,
+    outcome: str,
+    duration: float | None = None,
+    settle: str | None = None,
+) -> bool:
+    """Count one outcome of a job on a queue (and its duration); never raise.
+
+    With settle=job id, the job is also removed from the accepted jobs, and the outcome
+    counts only if this call removed it: each job's end is counted once, whoever sees it.
+    """
+    bucket, seconds = "", ""
+    if duration is not None:
+        seconds = repr(max(duration, 0.0))
+        bucket = f"le:{_bound_name(next(b for b in DURATION_BUCKETS if float(seconds) <= b))}"
     try:
-        with connection.pipeline(transaction=False) as pipe:
-            pipe.hincrby(keys.OUTCOMES, f"{queue}|{outcome}", 1)
-            if duration is not None:
-                _observe(pipe, queue, max(duration, 0.0))
-            pipe.execute()
+        script = connection.register_script(RECORD)
+        counted = script(
+            keys=[keys.OUTCOMES, keys.durations_key(queue), keys.ACCEPTED],
+            args=[f"{queue}|{outcome}", bucket, seconds, settle or ""],
+        )
+        return bool(counted)
     except Exception:  # a recorder observes: its failure must never fail a job
         log.exception("could not record outcome %s of a job on %s", outcome, queue)
-
-
-def _observe(pipe: redis.client.Pipeline, queue: str, duration: float) -> None:
-    """Add one duration to the smallest bucket that holds it; readers add buckets up."""
-    key = keys.durations_key(queue)
-    bound = next(bound for bound in DURATION_BUCKETS if duration <= bound)
-    pipe.hincrby(key, f"le:{_bound_name(bound)}", 1)
-    pipe.hincrbyfloat(key, "sum", duration)
-    pipe.hincrby(key, "count", 1)
+        return False
 
 
 @dataclass

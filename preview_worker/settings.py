@@ -32,6 +32,7 @@ class Settings:
     data_dir: Path = Path("data")  # DATA_DIR; artifacts live under DATA_DIR/previews
     queue_name: str = ""  # PREVIEW_QUEUE_NAME; prefixes the queues: <name>-high, ...
     worker_concurrency: int = 2  # PREVIEW_WORKER_CONCURRENCY; workers in one pool
+    worker_max_jobs: int = 1000  # PREVIEW_WORKER_MAX_JOBS; jobs before a worker is replaced
     queue_max: int = 10_000  # PREVIEW_QUEUE_MAX; queued jobs before submissions get 503
     environment: str = "development"  # PREVIEW_ENV; development | production
     api_tokens: tuple[str, ...] = ()  # PREVIEW_API_TOKENS; comma-separated bearer tokens
@@ -158,6 +159,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         worker_concurrency=read(
             "PREVIEW_WORKER_CONCURRENCY", whole(1), defaults.worker_concurrency
         ),
+        worker_max_jobs=read("PREVIEW_WORKER_MAX_JOBS", whole(1), defaults.worker_max_jobs),
         queue_max=read("PREVIEW_QUEUE_MAX", whole(1), defaults.queue_max),
         environment=read("PREVIEW_ENV", one_of(ENVIRONMENTS), defaults.environment),
         api_tokens=read("PREVIEW_API_TOKENS", _tokens, defaults.api_tokens),

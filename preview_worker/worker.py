@@ -28,7 +28,6 @@ from preview_worker.storage import ArtifactStore
 log = logging.getLogger(__name__)
 
 RECOVERY_INTERVAL = 10.0  # seconds between recovery passes of a pool
-DEFAULT_MAX_JOBS = 500  # jobs one in-process worker runs before it is replaced
 # Seconds between a worker's maintenance runs, where it also takes over the retry scheduler
 # of a dead worker; RQ's default of 600 would leave retries waiting for ten minutes.
 MAINTENANCE_INTERVAL = 60
@@ -131,7 +130,7 @@ class WorkerPool:
     concurrency: int
     kind: str = "simple"
     burst: bool = False
-    max_jobs: int | None = DEFAULT_MAX_JOBS
+    max_jobs: int | None = None  # jobs before a worker is replaced; None: never
     processes: dict[int, BaseProcess] = field(default_factory=dict)
     stopping: bool = False
 

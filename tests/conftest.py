@@ -17,6 +17,7 @@ from preview_worker.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ROOT / "payloads"
+MINIMAL = "preview_payload_minimal.json"
 
 # A Redis the tests may flush; never REDIS_URL, which may hold someone's real data.
 TEST_REDIS_URL = os.environ.get("PREVIEW_TEST_REDIS_URL")
@@ -86,5 +87,10 @@ def service_environment(redis_url: str, data_dir: Path, **extra: str) -> dict[st
 
 def load_payload(name: str) -> dict[str, Any]:
     """Read an example payload from payloads/."""
-    payload: dict[str, Any] = json.loads((PAYLOADS / name).read_text("utf-8"))
-    return payload
+    loaded: dict[str, Any] = json.loads((PAYLOADS / name).read_text("utf-8"))
+    return loaded
+
+
+def payload(**changes: Any) -> dict[str, Any]:
+    """Return the minimal example payload with some top-level fields changed."""
+    return {**load_payload(MINIMAL), **changes}

@@ -31,6 +31,7 @@ def service(redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_render_writes_artifacts_without_redis(runner: CliRunner, tmp_path: Path) -> None:
+    """Given no Redis, `render` writes the three artifacts, and a second render reports cached."""
     result = runner.invoke(cli, ["render", FULL, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     directory = Path(result.output.splitlines()[0].split(": ", 1)[1])
@@ -43,12 +44,14 @@ def test_render_writes_artifacts_without_redis(runner: CliRunner, tmp_path: Path
 
 
 def test_render_exit_codes(runner: CliRunner, tmp_path: Path) -> None:
+    """`render` exits 1 on an invalid payload and 2 on a missing file, writing nothing."""
     assert runner.invoke(cli, ["render", INVALID, "--out", str(tmp_path)]).exit_code == 1
     assert runner.invoke(cli, ["render", str(tmp_path / "none.json")]).exit_code == 2
     assert not (tmp_path / "previews").exists()
 
 
 def test_dry_run_render_writes_nothing(runner: CliRunner, tmp_path: Path) -> None:
+    """Given a dryRun payload, `render` lists the artifacts but writes none."""
     dry = tmp_path / "dry.json"
     dry.write_text(json.dumps({**json.loads(Path(MINIMAL).read_text()), "dryRun": True}))
     result = runner.invoke(cli, ["render", str(dry), "--out", str(tmp_path / "store")])
@@ -62,6 +65,7 @@ def test_dry_run_render_writes_nothing(runner: CliRunner, tmp_path: Path) -> Non
 def test_enqueue_status_cancel(
     runner: CliRunner, service: dict[str, str], redis_client: redis.Redis
 ) -> None:
+    """`enqueue`, `status` and `cancel` act on a job; a second cancel or an unknown id exits 1."""
     result = runner.invoke(cli, ["enqueue", "--priority", "low", MINIMAL])
     assert result.exit_code == 0, result.output
     job_id = result.output.split(": ", 1)[1].split()[0]
@@ -86,6 +90,7 @@ def test_enqueue_refuses_invalid_payloads_and_enqueues_nothing(
 def test_enqueue_wait_and_the_dead_letter_commands(
     runner: CliRunner, service: dict[str, str], redis_client: redis.Redis, settings: Settings
 ) -> None:
+    """Given a worker, `enqueue --wait` sees its job finish; the dlq and recover commands work."""
     rejected = {**json.loads(Path(MINIMAL).read_text()), "tutorialId": "Bad Slug"}
     bad = queueing.submit(redis_client, settings, rejected).job_id  # the worker refuses it
     worker = start_worker(service, "--concurrency", "1")
@@ -109,6 +114,7 @@ def test_enqueue_wait_and_the_dead_letter_commands(
 
 
 def test_queue_commands_without_redis_say_so(runner: CliRunner, tmp_path: Path) -> None:
+    """Given no Redis or an unreachable one, `status` exits 1 and says which."""
     result = runner.invoke(cli, ["status", "x"], env={"DATA_DIR": str(tmp_path)})
     assert result.exit_code == 1 and "no Redis: set REDIS_URL" in result.output
     down = runner.invoke(cli, ["status", "x"], env={"REDIS_URL": "redis://127.0.0.1:1/0"})

@@ -23,12 +23,14 @@ NO_STEPS = str(PAYLOADS / "invalid" / "no-steps.json")
 
 
 def test_valid_files_exit_0(runner: CliRunner) -> None:
+    """Given valid files, `validate` exits 0 and prints a valid line for each."""
     result = runner.invoke(cli, ["validate", MINIMAL, FULL])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [f"{MINIMAL}: valid", f"{FULL}: valid"]
 
 
 def test_invalid_file_exits_1_with_one_line_per_problem(runner: CliRunner) -> None:
+    """Given invalid files among valid ones, `validate` exits 1 with a line for each problem."""
     result = runner.invoke(cli, ["validate", MINIMAL, BAD_TITLE, NO_STEPS])
     assert result.exit_code == 1
     assert f"{BAD_TITLE}: /content/title: must not be empty" in result.output.splitlines()
@@ -36,6 +38,7 @@ def test_invalid_file_exits_1_with_one_line_per_problem(runner: CliRunner) -> No
 
 
 def test_missing_file_exits_2_without_traceback(runner: CliRunner, tmp_path: Path) -> None:
+    """Given a missing file, `validate` exits 2 with a cannot-read line and no exception."""
     missing = str(tmp_path / "missing.json")
     result = runner.invoke(cli, ["validate", BAD_TITLE, missing])
     assert result.exit_code == 2
@@ -44,6 +47,7 @@ def test_missing_file_exits_2_without_traceback(runner: CliRunner, tmp_path: Pat
 
 
 def test_bad_json_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+    """Given a file that is not JSON, `validate` exits 2 and says so on stderr."""
     broken = tmp_path / "broken.json"
     broken.write_text('{"tutorialId": ', "utf-8")
     result = runner.invoke(cli, ["validate", str(broken)])
@@ -54,6 +58,7 @@ def test_bad_json_exits_2(runner: CliRunner, tmp_path: Path) -> None:
 def test_oversized_file_is_invalid_without_parsing(
     runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Given an oversized non-JSON file, `validate` exits 1 on its size, not 2 on its syntax."""
     monkeypatch.setenv("PREVIEW_MAX_BODY_BYTES", "1024")
     big = tmp_path / "big.json"
     big.write_text("[" * 5000, "utf-8")
@@ -63,12 +68,14 @@ def test_oversized_file_is_invalid_without_parsing(
 
 
 def test_standard_input(runner: CliRunner) -> None:
+    """Given a valid payload on standard input, `validate -` exits 0."""
     result = runner.invoke(cli, ["validate", "-"], input=Path(MINIMAL).read_text("utf-8"))
     assert result.exit_code == 0
     assert result.output == "-: valid\n"
 
 
 def test_json_output_is_machine_readable(runner: CliRunner) -> None:
+    """With --json, `validate` prints one JSON document with a result for each file."""
     result = runner.invoke(cli, ["validate", "--json", MINIMAL, BAD_TITLE])
     assert result.exit_code == 1
     assert json.loads(result.output) == {
@@ -86,6 +93,7 @@ def test_json_output_is_machine_readable(runner: CliRunner) -> None:
 
 
 def test_no_path_is_a_usage_error(runner: CliRunner) -> None:
+    """Given no path, `validate` exits 2 as a usage error."""
     assert runner.invoke(cli, ["validate"]).exit_code == 2
 
 
@@ -93,6 +101,7 @@ def test_no_path_is_a_usage_error(runner: CliRunner) -> None:
     ("paths", "code"), [([MINIMAL], 0), ([BAD_TITLE], 1), (["/nonexistent.json"], 2)]
 )
 def test_installed_command_exit_codes(paths: list[str], code: int) -> None:
+    """The installed preview-worker script exits 0, 1 or 2 by outcome, with no traceback."""
     command = shutil.which("preview-worker", path=os.path.dirname(sys.executable))
     assert command, "the console script is installed next to the interpreter"
     done = subprocess.run([command, "validate", *paths], capture_output=True, text=True)
@@ -102,6 +111,7 @@ def test_installed_command_exit_codes(paths: list[str], code: int) -> None:
 
 @pytest.mark.parametrize(("paths", "code"), [([FULL], 0), ([NO_STEPS], 1)])
 def test_operator_script_wraps_the_command(paths: list[str], code: int) -> None:
+    """bin/validate-payload exits with the command's code and prints its per-file lines."""
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     done = subprocess.run(
         [str(ROOT / "bin" / "validate-payload"), *paths], capture_output=True, text=True, env=env

@@ -20,6 +20,7 @@ def port_is_open(port: int) -> bool:
 
 
 def test_server_starts_serves_and_stops_cleanly() -> None:
+    """A started server serves from its data dir; stopped, its process, port and dir are gone."""
     server = EmbeddedRedis().start()
     process, data_dir = server.process, server.data_dir
     assert process is not None and process.poll() is None
@@ -36,6 +37,7 @@ def test_server_starts_serves_and_stops_cleanly() -> None:
 
 
 def test_persistent_server_keeps_data_across_restarts(tmp_path: Path) -> None:
+    """Given a persistent data dir, a key set before a restart is read after it; the dir stays."""
     with EmbeddedRedis(data_dir=tmp_path, persistent=True) as first:
         client = redis.Redis.from_url(first.url)
         client.set("job", "accepted")
@@ -48,6 +50,7 @@ def test_persistent_server_keeps_data_across_restarts(tmp_path: Path) -> None:
 
 
 def test_redis_server_on_path_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a redis-server on PATH, find_redis_server returns it."""
     binary = tmp_path / "redis-server"
     binary.write_text("#!/bin/sh\n", "utf-8")
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
@@ -56,6 +59,7 @@ def test_redis_server_on_path_comes_first(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_no_binary_anywhere_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given no redis-server on PATH nor installed, find_redis_server raises RedisUnavailable."""
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(RedisUnavailable, match="no redis-server found"):
@@ -63,5 +67,6 @@ def test_no_binary_anywhere_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_fixture_gives_a_flushed_database(redis_client: redis.Redis) -> None:
+    """The redis_client fixture starts each test with an empty database."""
     assert redis_client.dbsize() == 0
     redis_client.set("left-over", 1)

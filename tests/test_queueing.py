@@ -16,14 +16,7 @@ from preview_worker import dead_letters, metrics, queueing, retries
 from preview_worker.settings import Settings, get_settings, load_settings
 from preview_worker.worker import PreviewWorker
 
-from .conftest import load_payload, service_environment
-
-MINIMAL = "preview_payload_minimal.json"
-
-
-def payload(**changes: Any) -> dict[str, Any]:
-    """Return the minimal payload with some top-level fields changed."""
-    return {**load_payload(MINIMAL), **changes}
+from .conftest import payload, service_environment
 
 
 def queue_lengths(connection: redis.Redis, settings: Settings) -> dict[str, int]:
@@ -41,6 +34,7 @@ def in_process_worker(
     get_settings.cache_clear()
 
     def work(connection: redis.Redis, settings: Settings) -> None:
+        """Run every queued job with a burst worker on the given connection."""
         PreviewWorker(queueing.queues(connection, settings), connection=connection).work(
             burst=True
         )
@@ -50,10 +44,12 @@ def in_process_worker(
 
 
 def test_job_id_is_the_idempotency_key() -> None:
+    """Given an idempotencyKey, the job id is that key."""
     assert queueing.job_id_for(payload(idempotencyKey="draft-42")) == "draft-42"
 
 
 def test_job_id_digest_ignores_delivery_fields_but_not_content() -> None:
+    """Given no key, the job id ignores priority and requestId but not revision or dryRun."""
     plain = queueing.job_id_for(payload())
     assert queueing.job_id_for(payload(priority="high", requestId="r-1")) == plain
     assert queueing.job_id_for(payload(revision=2)) != plain
@@ -63,6 +59,7 @@ def test_job_id_digest_ignores_delivery_fields_but_not_content() -> None:
 def test_submit_enqueues_on_the_priority_queue_with_meta(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
+    """Given a high payload, When submitted, Then it waits on high with its meta and policy."""
     submission = queueing.submit(redis_client, settings, payload(priority="high"), "req-7")
     assert submission.as_dict() == {
         "jobId": submission.job_id, "status": "queued", "queue": "high", "duplicate": False,
@@ -76,6 +73,7 @@ def test_submit_enqueues_on_the_priority_queue_with_meta(
 
 
 def test_queue_name_prefix(redis_client: redis.Redis, redis_url: str, data_dir: Path) -> None:
+    """Given PREVIEW_QUEUE_NAME, When a job is submitted, Then its queue and id carry the prefix."""
     settings = load_settings(
         service_environment(redis_url, data_dir, PREVIEW_QUEUE_NAME="tutorials")
     )
@@ -89,6 +87,7 @@ def test_queue_name_prefix(redis_client: redis.Redis, redis_url: str, data_dir: 
 def test_duplicate_of_a_queued_job_returns_it(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
+    """Given a queued job, resubmitting it returns that job as a duplicate and queues nothing."""
     first = queueing.submit(redis_client, settings, payload())
     second = queueing.submit(redis_client, settings, payload(requestId="again"))
     assert second.job_id == first.job_id and second.duplicate
@@ -98,10 +97,12 @@ def test_duplicate_of_a_queued_job_returns_it(
 def test_concurrent_duplicates_make_exactly_one_job(
     redis_client: redis.Redis, redis_url: str, settings: Settings
 ) -> None:
+    """Given 40 simultaneous submissions of one key, exactly one is new and one job is queued."""
     barrier = threading.Barrier(40)
     submissions: list[queueing.Submission] = []
 
     def submit() -> None:
+        """Submit the keyed payload on a connection of its own once all threads are ready."""
         with queueing.connect(redis_url) as connection:
             barrier.wait()
             submissions.append(queueing.submit(connection, settings, payload(idempotencyKey="k")))
@@ -120,6 +121,7 @@ def test_concurrent_duplicates_make_exactly_one_job(
 def test_backpressure_refuses_and_enqueues_nothing(
     redis_client: redis.Redis, redis_url: str, data_dir: Path
 ) -> None:
+    """Given a full queue, one more job raises QueueFull, is not stored, and counts as rejected."""
     settings = load_settings(service_environment(redis_url, data_dir, PREVIEW_QUEUE_MAX="3"))
     for revision in range(3):
         queueing.submit(redis_client, settings, payload(revision=revision))
@@ -132,6 +134,7 @@ def test_backpressure_refuses_and_enqueues_nothing(
 
 
 def test_cancel_a_queued_job(redis_client: redis.Redis, settings: Settings) -> None:
+    """Given a queued job, When canceled, Then it leaves the queue; a second cancel fails."""
     submission = queueing.submit(redis_client, settings, payload())
     assert queueing.cancel(redis_client, submission.job_id) == "canceled"
     status = queueing.job_status(redis_client, submission.job_id)
@@ -143,6 +146,7 @@ def test_cancel_a_queued_job(redis_client: redis.Redis, settings: Settings) -> N
 
 
 def test_unknown_job(redis_client: redis.Redis) -> None:
+    """Given an unknown job id, cancel and status both raise JobNotFound."""
     with pytest.raises(queueing.JobNotFound):
         queueing.cancel(redis_client, "nope")
     with pytest.raises(queueing.JobNotFound):
@@ -152,6 +156,7 @@ def test_unknown_job(redis_client: redis.Redis) -> None:
 def test_duplicate_of_a_canceled_job_starts_a_new_attempt(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
+    """Given a canceled job, resubmitting it queues it again under its id, not as a duplicate."""
     first = queueing.submit(redis_client, settings, payload())
     queueing.cancel(redis_client, first.job_id)
     again = queueing.submit(redis_client, settings, payload())
@@ -160,6 +165,7 @@ def test_duplicate_of_a_canceled_job_starts_a_new_attempt(
 
 
 def test_backoff_grows_is_capped_and_jittered(settings: Settings) -> None:
+    """Retry delays grow up to the cap, jitter varies them by seed; no retries means no policy."""
     many = load_settings({"PREVIEW_RETRY_MAX": "8", "PREVIEW_RETRY_BASE_DELAY": "2",
                           "PREVIEW_RETRY_MAX_DELAY": "60"})
     delays = retries.backoff_delays(many, random.Random(1))
@@ -173,6 +179,7 @@ def test_backoff_grows_is_capped_and_jittered(settings: Settings) -> None:
 def test_dead_letters_list_requeue_and_purge(
     redis_client: redis.Redis, settings: Settings, in_process_worker: Any
 ) -> None:
+    """Given three rejected jobs, dead letters list them; requeue and purge, by id or all, work."""
     bad = [payload(tutorialId=f"BAD-{n}") for n in range(3)]  # the worker rejects them
     ids = [queueing.submit(redis_client, settings, each).job_id for each in bad]
     in_process_worker(redis_client, settings)
@@ -196,6 +203,7 @@ def test_dead_letters_list_requeue_and_purge(
 def test_outcomes_add_up_and_a_failing_recorder_never_raises(
     redis_client: redis.Redis,
 ) -> None:
+    """Outcomes fill the counter and histogram; recording to an unreachable Redis does not raise."""
     metrics.record_outcome(redis_client, "high", "succeeded", 0.3)
     metrics.record_outcome(redis_client, "high", "succeeded", 7.0)
     assert metrics.read_outcomes(redis_client) == {("high", "succeeded"): 2}

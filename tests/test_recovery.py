@@ -14,9 +14,7 @@ from rq.registry import StartedJobRegistry
 from preview_worker import keys, metrics, queueing, recovery
 from preview_worker.settings import Settings, load_settings
 
-from .conftest import load_payload, service_environment
-
-MINIMAL = "preview_payload_minimal.json"
+from .conftest import MINIMAL, load_payload, service_environment
 
 
 @pytest.fixture
@@ -44,6 +42,7 @@ def start_and_die(connection: redis.Redis, job_id: str, worker_name: str) -> Non
 def test_popped_job_is_requeued_after_the_grace_period(
     redis_client: redis.Redis, job_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Given a popped job its worker lost, recovery requeues it once, after the grace period."""
     monkeypatch.setattr(recovery, "MISSING_GRACE", 0.3)
     pop_and_die(redis_client, job_id)
     assert recovery.recover(redis_client).requeued == []  # first sight: a worker may be mid-pop
@@ -56,6 +55,7 @@ def test_popped_job_is_requeued_after_the_grace_period(
 def test_started_job_of_a_dead_worker_is_retried_at_once(
     redis_client: redis.Redis, job_id: str, settings: Settings
 ) -> None:
+    """Given a started job of a dead worker, recovery requeues it at once, spending one retry."""
     start_and_die(redis_client, job_id, "preview-gone-1-0")
     report = recovery.recover(redis_client)
     assert report.retried == [job_id]
@@ -69,6 +69,7 @@ def test_started_job_of_a_dead_worker_is_retried_at_once(
 def test_started_job_with_no_retries_left_is_dead_lettered(
     redis_client: redis.Redis, redis_url: str, data_dir: Path
 ) -> None:
+    """Given no retries left, recovery dead-letters a dead worker's started job as WorkerDied."""
     settings = load_settings(service_environment(redis_url, data_dir, PREVIEW_RETRY_MAX="0"))
     job_id = queueing.submit(redis_client, settings, load_payload(MINIMAL)).job_id
     start_and_die(redis_client, job_id, "preview-gone-1-0")
@@ -79,6 +80,7 @@ def test_started_job_with_no_retries_left_is_dead_lettered(
 
 
 def test_job_of_a_live_worker_is_left_alone(redis_client: redis.Redis, job_id: str) -> None:
+    """Given a started job whose worker is still alive, recovery changes nothing."""
     start_and_die(redis_client, job_id, "preview-alive-1-0")
     redis_client.set(keys.worker_alive_key("preview-alive-1-0"), 1, ex=10)
     assert recovery.recover(redis_client).as_dict() == {
@@ -88,12 +90,14 @@ def test_job_of_a_live_worker_is_left_alone(redis_client: redis.Redis, job_id: s
 
 
 def test_only_one_recovery_runs_at_a_time(redis_client: redis.Redis, job_id: str) -> None:
+    """Given the recovery lock held by another host, a recovery retries nothing."""
     start_and_die(redis_client, job_id, "preview-gone-1-0")
     redis_client.set(keys.RECOVERY_LOCK, "another host", ex=10)
     assert recovery.recover(redis_client).retried == []
 
 
 def test_ended_and_expired_jobs_are_forgotten(redis_client: redis.Redis, job_id: str) -> None:
+    """Given an accepted job whose record has expired, recovery forgets it."""
     redis_client.delete(f"rq:job:{job_id}")
     assert recovery.recover(redis_client).forgotten == [job_id]
     assert redis_client.zcard(keys.ACCEPTED) == 0

@@ -33,10 +33,12 @@ def load(path: Path) -> Any:
 
 @pytest.mark.parametrize("name", ["preview_payload_minimal.json", "preview_payload_full.json"])
 def test_valid_examples_are_accepted(name: str) -> None:
+    """The minimal and full example payloads have no problems."""
     assert validate_payload(load(PAYLOADS / name)) == []
 
 
 def test_every_invalid_example_is_recorded() -> None:
+    """Every invalid example file has an entry in expected.json, and there are at least 12."""
     on_disk = {path.name for path in (PAYLOADS / "invalid").glob("*.json")} - {"expected.json"}
     assert on_disk == set(EXPECTED)
     assert len(on_disk) >= 12
@@ -44,11 +46,13 @@ def test_every_invalid_example_is_recorded() -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_invalid_example_gives_its_recorded_path(name: str) -> None:
+    """Each invalid example gives exactly one problem, at its recorded path."""
     problems = validate_payload(load(PAYLOADS / "invalid" / name))
     assert [problem.path for problem in problems] == [EXPECTED[name]["path"]]
 
 
 def test_all_problems_are_reported_at_once_and_sorted() -> None:
+    """Given a payload with eight faults, all eight paths are reported, in sorted order."""
     payload = {
         "tutorialId": "Not A Slug",
         "priority": "urgent",
@@ -71,6 +75,7 @@ def test_all_problems_are_reported_at_once_and_sorted() -> None:
 
 
 def test_messages_do_not_echo_huge_values() -> None:
+    """Given a 100,000-character title, the one problem states the limit, not the value."""
     payload = load(PAYLOADS / "preview_payload_minimal.json")
     payload["content"]["title"] = "x" * 100_000
     [problem] = validate_payload(payload)
@@ -78,6 +83,7 @@ def test_messages_do_not_echo_huge_values() -> None:
 
 
 def test_pointer_escapes_slash_and_tilde_in_names() -> None:
+    """Given an extra property named a/b~c, its problem path escapes it as a JSON pointer."""
     payload = load(PAYLOADS / "preview_payload_minimal.json")
     payload["a/b~c"] = 1
     assert [problem.path for problem in validate_payload(payload)] == ["/a~1b~0c"]
@@ -97,18 +103,22 @@ def nested(depth: int) -> Any:
      {"tutorialId": None, "content": {"steps": [None, 1, "x", [], {}]}}],
 )
 def test_any_json_value_gives_problems_not_an_exception(value: Any) -> None:
+    """Given any JSON value, even one nested 5000 deep, validation returns problems, not raises."""
     problems = validate_payload(value)
     assert problems and all(isinstance(problem, Problem) for problem in problems)
 
 
 def test_validator_is_compiled_once() -> None:
+    """The validator is cached: two calls return the same object."""
     assert payload_validator() is payload_validator()
 
 
 def test_schema_bounds_every_string_and_array() -> None:
+    """Every string in the schema has a maxLength or enum, and every array a maxItems."""
     unbounded = []
 
     def walk(node: Any, where: str) -> None:
+        """Record the path of each unbounded string or array at or under node."""
         if isinstance(node, dict):
             if node.get("type") == "string" and "maxLength" not in node and "enum" not in node:
                 unbounded.append(where)
@@ -125,6 +135,7 @@ def test_schema_bounds_every_string_and_array() -> None:
 
 
 def test_body_over_the_limit_is_refused_before_parsing() -> None:
+    """Given a body over the byte limit, parse_payload refuses it as too large, before parsing."""
     with pytest.raises(PayloadTooLarge, match="over the limit of 1024 bytes"):
         parse_payload(b"{" * 1025, 1024)  # not JSON: parsing would fail differently
 
@@ -139,6 +150,7 @@ def test_body_over_the_limit_is_refused_before_parsing() -> None:
     ],
 )
 def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
+    """Given a body that is not valid JSON, parse_payload refuses it and says why."""
     with pytest.raises(PayloadNotJSON, match=reason):
         parse_payload(body, 1_000_000)
 

@@ -14,18 +14,21 @@ from preview_worker.settings import Settings, SettingsError, load_settings, reda
 
 
 def test_defaults_need_no_environment() -> None:
+    """Given an empty environment, settings are the defaults: no Redis, not production."""
     settings = load_settings({})
     assert settings == Settings()
     assert settings.redis_url is None and not settings.production
 
 
 def test_every_variable_is_read() -> None:
+    """Given every variable set, each lands in its field, and the settings are frozen."""
     settings = load_settings(
         {
             "REDIS_URL": "redis://cache.internal:6380/2",
             "DATA_DIR": "/srv/previews",
             "PREVIEW_QUEUE_NAME": "tutorials",
             "PREVIEW_WORKER_CONCURRENCY": "4",
+            "PREVIEW_WORKER_MAX_JOBS": "50",
             "PREVIEW_QUEUE_MAX": "50",
             "PREVIEW_ENV": "production",
             "PREVIEW_API_TOKENS": "0123456789abcdef, fedcba9876543210",
@@ -47,6 +50,7 @@ def test_every_variable_is_read() -> None:
         data_dir=Path("/srv/previews"),
         queue_name="tutorials",
         worker_concurrency=4,
+        worker_max_jobs=50,
         queue_max=50,
         environment="production",
         api_tokens=("0123456789abcdef", "fedcba9876543210"),
@@ -85,17 +89,20 @@ def test_every_variable_is_read() -> None:
     ],
 )
 def test_bad_value_names_its_variable(name: str, value: str) -> None:
+    """Given a bad value, the SettingsError message starts with the variable's name."""
     with pytest.raises(SettingsError, match=f"^{name} "):
         load_settings({name: value})
 
 
 def test_redis_password_never_appears_in_an_error() -> None:
+    """Given a bad REDIS_URL holding a password, the error does not show the password."""
     with pytest.raises(SettingsError) as raised:
         load_settings({"REDIS_URL": "redis://user:hunter2@host:notaport/0"})
     assert "hunter2" not in str(raised.value)
 
 
 def test_redact_url_hides_only_the_password() -> None:
+    """redact_url masks the password and leaves the rest of the URL as it was."""
     assert redact_url("redis://user:hunter2@host:6379/0") == "redis://user:***@host:6379/0"
     assert redact_url("redis://:hunter2@host/0") == "redis://:***@host/0"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
@@ -105,6 +112,7 @@ def test_redact_url_hides_only_the_password() -> None:
     ("name", "value"), [("PREVIEW_WORKER_CONCURRENCY", "abc"), ("REDIS_URL", "notaurl")]
 )
 def test_command_stops_with_one_line_and_no_traceback(name: str, value: str) -> None:
+    """Given a bad setting, the command exits 2 with one stderr line naming it and no traceback."""
     env = {**os.environ, name: value}
     done = subprocess.run(
         [sys.executable, "-m", "preview_worker", "validate", "-"],

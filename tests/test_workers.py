@@ -14,16 +14,10 @@ from rq.job import Job
 from preview_worker import metrics, queueing
 from preview_worker.settings import Settings, load_settings
 
-from .conftest import load_payload, service_environment
+from .conftest import payload, service_environment
 from .processes import kill_group, start_stock_worker, start_worker, stop, wait_until
 
-MINIMAL = "preview_payload_minimal.json"
 QUEUES = ("high", "normal", "low")
-
-
-def payload(**changes: Any) -> dict[str, Any]:
-    """Return the minimal payload with some top-level fields changed."""
-    return {**load_payload(MINIMAL), **changes}
 
 
 def slow_payload(revision: int = 0) -> dict[str, Any]:
@@ -58,6 +52,7 @@ def is_rendering(connection: redis.Redis, job_id: str) -> bool:
 def test_high_job_runs_before_fifty_low_ones(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
+    """Given 50 low jobs queued first, a high job still starts before all of them."""
     lows = [
         queueing.submit(redis_client, settings, payload(priority="low", revision=n)).job_id
         for n in range(50)
@@ -76,6 +71,7 @@ def test_high_job_runs_before_fifty_low_ones(
 def test_transient_failures_retry_with_growing_gaps_then_dead_letter(
     redis_client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
+    """Given an unusable DATA_DIR, a job retries 3 times at growing gaps, then is dead-lettered."""
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("DATA_DIR cannot live under a file", "utf-8")
     environment = service_environment(redis_url, blocker / "data", PREVIEW_RETRY_BASE_DELAY="2")
@@ -105,6 +101,7 @@ def test_transient_failures_retry_with_growing_gaps_then_dead_letter(
 def test_permanent_failure_is_dead_lettered_after_one_attempt(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
+    """Given an invalid payload, the worker dead-letters it after one attempt, with no traceback."""
     job_id = queueing.submit(redis_client, settings, payload(tutorialId="Not A Slug")).job_id
     worker = start_worker(service_environment(redis_url, data_dir), "--burst")
     try:
@@ -150,6 +147,7 @@ def test_cancel_stops_a_running_job_and_a_resubmission_runs_in_full(
 def test_stock_rq_worker_runs_jobs_and_dead_letters_failures(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
+    """Given a stock `rq worker`, a good job finishes and a bad one dead-letters in one attempt."""
     good = queueing.submit(redis_client, settings, payload()).job_id
     bad = queueing.submit(redis_client, settings, payload(tutorialId="BAD")).job_id
     worker = start_stock_worker(
@@ -168,6 +166,7 @@ def test_stock_rq_worker_runs_jobs_and_dead_letters_failures(
 def test_job_of_a_killed_worker_is_recovered_within_a_minute(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
+    """Given a worker killed mid-render, a new one finishes the job on attempt 2 within a minute."""
     job_id = queueing.submit(redis_client, settings, slow_payload()).job_id
     environment = service_environment(redis_url, data_dir)
     first = start_worker(environment, "--concurrency", "1")
@@ -190,6 +189,7 @@ def test_job_of_a_killed_worker_is_recovered_within_a_minute(
 def test_sigterm_lets_the_running_job_finish(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
+    """Given SIGTERM mid-render, the worker exits 0 once the job finishes; the next stays queued."""
     running = queueing.submit(redis_client, settings, slow_payload(1)).job_id
     waiting = queueing.submit(redis_client, settings, slow_payload(2)).job_id
     worker = start_worker(service_environment(redis_url, data_dir), "--concurrency", "1")
