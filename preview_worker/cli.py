@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,11 +317,20 @@ def dlq_list(settings: Settings) -> None:
     echo_json(dead_letters.list_dead_letters(connection_of(settings), settings))
 
 
-def _one_or_all(job_id: str | None, every: bool) -> str | None:
-    """Check that exactly one of a job id and --all was given."""
+DeadLetterOperation = Callable[[redis.Redis, Settings, str | None], list[str]]
+
+
+def run_on_dead_letters(
+    settings: Settings, operation: DeadLetterOperation, job_id: str | None, every: bool, verb: str
+) -> None:
+    """Apply a dead-letter operation to one job id or, with --all, to every dead letter."""
     if (job_id is None) == (not every):
         raise click.UsageError("give exactly one of a job id or --all")
-    return job_id
+    try:
+        done = operation(connection_of(settings), settings, job_id)
+    except dead_letters.NotDeadLettered as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{verb} {len(done)}: {' '.join(done)}")
 
 
 @dlq.command("requeue")
@@ -330,11 +339,7 @@ def _one_or_all(job_id: str | None, every: bool) -> str | None:
 @click.pass_obj
 def dlq_requeue(settings: Settings, job_id: str | None, every: bool) -> None:
     """Put a dead-lettered job (or all) back on its queue with fresh retries."""
-    try:
-        done = dead_letters.requeue(connection_of(settings), settings, _one_or_all(job_id, every))
-    except dead_letters.NotDeadLettered as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"requeued {len(done)}: {' '.join(done)}")
+    run_on_dead_letters(settings, dead_letters.requeue, job_id, every, "requeued")
 
 
 @dlq.command("purge")
@@ -343,11 +348,7 @@ def dlq_requeue(settings: Settings, job_id: str | None, every: bool) -> None:
 @click.pass_obj
 def dlq_purge(settings: Settings, job_id: str | None, every: bool) -> None:
     """Delete a dead-lettered job (or all) for good."""
-    try:
-        done = dead_letters.purge(connection_of(settings), settings, _one_or_all(job_id, every))
-    except dead_letters.NotDeadLettered as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"purged {len(done)}: {' '.join(done)}")
+    run_on_dead_letters(settings, dead_letters.purge, job_id, every, "purged")
 
 
 def main() -> None:
