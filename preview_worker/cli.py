@@ -15,7 +15,11 @@ import click
 import redis
 
 from preview_worker import dead_letters, queueing, recovery
-from preview_worker.embedded_redis import EmbeddedRedis, development_url_file
+from preview_worker.embedded_redis import (
+    EmbeddedRedis,
+    development_url_file,
+    running_development_url,
+)
 from preview_worker.schema import (
     PayloadNotJSON,
     PayloadTooLarge,
@@ -131,11 +135,9 @@ def validate(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
 
 def redis_url_of(settings: Settings) -> str:
     """Return REDIS_URL, else the URL of the development Redis a running service started."""
-    if settings.redis_url:
-        return settings.redis_url
-    url_file = development_url_file(settings.data_dir)
-    if url_file.is_file():
-        return url_file.read_text("utf-8").strip()
+    url = settings.redis_url or running_development_url(settings.data_dir)
+    if url:
+        return url
     raise click.ClickException(
         "no Redis: set REDIS_URL, or start the service (preview-worker worker) first"
     )
@@ -303,6 +305,40 @@ def cancel(settings: Settings, job_id: str) -> None:
 def recover(settings: Settings) -> None:
     """Run one recovery pass: bring back jobs that dead workers left behind."""
     echo_json(recovery.recover(connection_of(settings)).as_dict())
+
+
+@cli.command()
+@click.pass_obj
+def health(settings: Settings) -> None:
+    """Print the health report as JSON; exit 0 when healthy, 1 when not."""
+    from preview_worker.health import health_report
+
+    report = health_report(queueing.connect(redis_url_of(settings)), settings)
+    echo_json(report.as_dict())
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address to serve on.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="gunicorn worker processes.")
+@click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
+@click.pass_obj
+def serve(settings: Settings, bind: str, workers: int, dev: bool) -> None:
+    """Serve the HTTP API: gunicorn in production, Flask's server only with --dev."""
+    from preview_worker.app import check_production, create_app
+
+    try:
+        check_production(settings)
+        if dev:
+            host, _, port = bind.rpartition(":")
+            create_app().run(host=host or "127.0.0.1", port=int(port))
+            return
+    except SettingsError as error:
+        raise ConfigError(str(error)) from None
+    from preview_worker.server import serve_with_gunicorn
+
+    serve_with_gunicorn(bind, workers)
 
 
 @cli.group()

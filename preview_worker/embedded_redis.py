@@ -48,12 +48,14 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process on a free loopback port with its own data directory."""
 
-    def __init__(self, data_dir: Path | None = None, persistent: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path | None = None, persistent: bool = False, port: int = 0
+    ) -> None:
         self.binary = find_redis_server()
         self.persistent = persistent
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="preview-redis-"))
-        self.port = 0
+        self.port = port  # 0: a free one
         self.process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -67,8 +69,9 @@ class EmbeddedRedis:
     def start(self) -> EmbeddedRedis:
         """Start the server and wait until it answers, retrying if another took the port."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(3):
-            self.port = free_port()
+        wanted = self.port
+        for _attempt in range(1 if wanted else 3):
+            self.port = wanted or free_port()
             self.process = subprocess.Popen(
                 self._command(),
                 stdout=subprocess.DEVNULL,
@@ -147,3 +150,9 @@ class EmbeddedRedis:
 def development_url_file(data_dir: Path) -> Path:
     """Return the file where a development Redis started by the service writes its URL."""
     return data_dir / "redis" / "redis.url"
+
+
+def running_development_url(data_dir: Path) -> str | None:
+    """Return the URL of the development Redis a running service started, if there is one."""
+    url_file = development_url_file(data_dir)
+    return url_file.read_text("utf-8").strip() if url_file.is_file() else None

@@ -1,0 +1,177 @@
+"""The /api/preview blueprint: thin views over queueing, dead letters, health and storage."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+
+from preview_worker import dead_letters, queueing
+from preview_worker.app import Preview, error_response, preview_of
+from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, parse_payload, validate_payload
+from preview_worker.storage import CONTENT_TYPES, InvalidArtifactPath
+
+blueprint = Blueprint("preview", __name__)
+
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,300}$")  # what RQ accepts as a job id
+# A preview page may show its own inline styles and images, and nothing from elsewhere.
+ARTIFACT_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    "script-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def shared() -> Preview:
+    """Return the application's shared parts."""
+    return preview_of(current_app)
+
+
+def answer(body: Any, status: int = 200, **headers: str) -> Response:
+    """Return a JSON answer with a status and headers."""
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+def checked_job_id(job_id: str) -> str:
+    """Refuse a job id RQ could never have made, as an unknown job."""
+    if not JOB_ID.match(job_id):
+        raise queueing.JobNotFound(job_id)
+    return job_id
+
+
+@blueprint.errorhandler(queueing.JobNotFound)
+def unknown_job(error: queueing.JobNotFound) -> Response:
+    """Answer 404 for a job that does not exist."""
+    return error_response(404, "not_found", "no such job")
+
+
+@blueprint.post("/job")
+def submit_job() -> Response:
+    """Validate a payload and enqueue it; ?dryRun=true validates only."""
+    if not request.is_json:
+        return error_response(415, "unsupported_media_type", "send the payload as application/json")
+    settings = shared().settings
+    try:
+        payload = parse_payload(request.get_data(), settings.max_body_bytes)
+    except PayloadTooLarge as error:
+        return error_response(413, "payload_too_large", str(error))
+    except PayloadNotJSON as error:
+        return error_response(400, "bad_json", f"the body is {error}")
+    problems = validate_payload(payload)
+    if problems:
+        details = [problem.as_dict() for problem in problems]
+        return error_response(422, "invalid_payload", "the payload is invalid", details=details)
+    queue = queueing.queue_name(settings, payload.get("priority", queueing.DEFAULT_PRIORITY))
+    job_id = queueing.job_id_for(payload, settings.queue_name)
+    if request.args.get("dryRun", "").lower() in ("1", "true"):
+        return answer({"valid": True, "jobId": job_id, "queue": queue})
+    try:
+        submission = queueing.submit(shared().connection, settings, payload, g.request_id)
+    except queueing.QueueFull as error:
+        response = error_response(503, "queue_full", str(error))
+        response.headers["Retry-After"] = "30"
+        return response
+    location = url_for("preview.job_status", job_id=submission.job_id)
+    return answer(submission.as_dict(), 200 if submission.duplicate else 202, Location=location)
+
+
+@blueprint.get("/job/<job_id>")
+@blueprint.get("/job/<job_id>/status", endpoint="job_status_alias")
+def job_status(job_id: str) -> Response:
+    """Answer a job's status, with signed URLs of its artifacts once it finished."""
+    status = queueing.job_status(shared().connection, checked_job_id(job_id))
+    result = status.get("result")
+    if isinstance(result, dict) and not result.get("dryRun"):
+        for artifact in result.get("artifacts", []):
+            artifact["url"] = artifact_url(result["artifactHash"], artifact["name"])
+    return answer(status)
+
+
+def artifact_url(digest: str, name: str) -> str:
+    """Return the signed, expiring URL of one artifact."""
+    token = shared().signer.token(digest, name)
+    return url_for("preview.artifact", digest=digest, name=name, token=token)
+
+
+@blueprint.delete("/job/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    """Cancel a waiting job (200) or ask a running one to stop (202); 409 once it ended."""
+    try:
+        status = queueing.cancel(shared().connection, checked_job_id(job_id))
+    except queueing.JobAlreadyEnded as error:
+        return error_response(409, "already_ended", str(error), status=error.status)
+    return answer({"jobId": job_id, "status": status}, 202 if status == "stopping" else 200)
+
+
+@blueprint.get("/worker/health")
+def health() -> Response:
+    """Answer 200 when the queue can make progress, 503 with the reasons when it cannot."""
+    from preview_worker.health import health_report
+
+    report = health_report(shared().connection, shared().settings)
+    return answer(report.as_dict(), 200 if report.ok else 503)
+
+
+@blueprint.get("/metrics")
+def queue_metrics() -> Response:
+    """Answer the queues' figures as JSON, for people and scripts."""
+    from preview_worker.collectors import queue_picture
+
+    return answer(queue_picture(shared().connection, shared().settings))
+
+
+@blueprint.get("/dlq")
+def list_dead_letters() -> Response:
+    """List dead-lettered jobs with why they failed."""
+    letters = dead_letters.list_dead_letters(shared().connection, shared().settings)
+    return answer({"jobs": letters, "count": len(letters)})
+
+
+@blueprint.post("/dlq/<job_id>/requeue")
+def requeue_dead_letter(job_id: str) -> Response:
+    """Put a dead-lettered job back on its queue with fresh retries."""
+    try:
+        dead_letters.requeue(shared().connection, shared().settings, checked_job_id(job_id))
+    except dead_letters.NotDeadLettered as error:
+        return error_response(404, "not_found", str(error))
+    return answer({"jobId": job_id, "status": "queued"})
+
+
+@blueprint.delete("/dlq/<job_id>")
+def purge_dead_letter(job_id: str) -> Response:
+    """Delete a dead-lettered job for good."""
+    try:
+        dead_letters.purge(shared().connection, shared().settings, checked_job_id(job_id))
+    except dead_letters.NotDeadLettered as error:
+        return error_response(404, "not_found", str(error))
+    return answer({"jobId": job_id, "status": "purged"})
+
+
+@blueprint.get("/artifacts/<digest>/<name>")
+def artifact(digest: str, name: str) -> Response:
+    """Serve one artifact to whoever holds a valid, unexpired signature for it."""
+    if not shared().signer.allows(request.args.get("token", ""), digest, name):
+        return error_response(403, "forbidden", "the artifact link is invalid or expired")
+    try:
+        path = shared().store.path_of(digest, name)
+    except InvalidArtifactPath:
+        return error_response(404, "not_found", "no such artifact")
+    if not path.is_file():
+        return error_response(404, "not_found", "no such artifact")
+    # Artifacts are small and never change under their hash: read whole, cache for long.
+    response = Response(path.read_bytes(), mimetype=CONTENT_TYPES[name])
+    response.headers["Cache-Control"] = "private, max-age=3600, immutable"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = ARTIFACT_POLICY
+    return response
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    """Answer the OpenAPI 3.1 description of this API."""
+    from preview_worker.openapi import openapi_document
+
+    return answer(openapi_document())

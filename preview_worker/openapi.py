@@ -1,0 +1,179 @@
+"""The OpenAPI 3.1 description of the /api/preview blueprint, built around the payload schema."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+from preview_worker.schema import load_schema
+
+STATUSES = ["queued", "started", "finished", "failed", "scheduled", "deferred", "canceled",
+            "stopped"]
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """Describe a JSON response."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    """Refer to a component schema."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    """Describe an error answer."""
+    return _json(_ref("Error"), description)
+
+
+def _rehome(node: Any) -> Any:
+    """Point the payload schema's own references at the OpenAPI components."""
+    if isinstance(node, dict):
+        return {
+            key: value.replace("#/$defs/", "#/components/schemas/")
+            if key == "$ref" else _rehome(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_rehome(item) for item in node]
+    return node
+
+
+def _components() -> dict[str, Any]:
+    """Return the schemas the answers are made of."""
+    payload = _rehome(copy.deepcopy(load_schema()))
+    definitions = payload.pop("$defs")
+    payload.pop("$schema", None)
+    payload.pop("$id", None)
+    schemas: dict[str, Any] = {"Payload": payload, **definitions}
+    text = {"type": ["string", "null"]}
+    schemas.update({
+        "Error": {
+            "type": "object",
+            "required": ["error", "message", "requestId"],
+            "properties": {
+                "error": {"type": "string"},
+                "message": {"type": "string"},
+                "requestId": text,
+                "status": {"type": "string"},
+                "details": {"type": "array", "items": {
+                    "type": "object", "required": ["path", "message"],
+                    "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+                }},
+            },
+        },
+        "Submission": {
+            "type": "object",
+            "required": ["jobId", "status", "queue", "duplicate"],
+            "properties": {"jobId": {"type": "string"}, "status": {"enum": STATUSES},
+                           "queue": {"type": "string"}, "duplicate": {"type": "boolean"}},
+        },
+        "JobStatus": {
+            "type": "object",
+            "required": ["jobId", "status", "queue", "progress", "attempts", "retriesLeft",
+                         "enqueuedAt", "startedAt", "endedAt", "result", "error",
+                         "deadLettered"],
+            "properties": {
+                "jobId": {"type": "string"}, "status": {"enum": STATUSES},
+                "queue": {"type": "string"}, "priority": text, "requestId": text,
+                "progress": {"type": ["object", "null"]},
+                "attempts": {"type": "integer"}, "retriesLeft": {"type": "integer"},
+                "enqueuedAt": text, "startedAt": text, "endedAt": text,
+                "result": {"type": ["object", "null"]},
+                "error": {"type": ["object", "null"]},
+                "deadLettered": {"type": "boolean"},
+            },
+        },
+        "DryRun": {
+            "type": "object",
+            "required": ["valid", "jobId", "queue"],
+            "properties": {"valid": {"const": True}, "jobId": {"type": "string"},
+                           "queue": {"type": "string"}},
+        },
+        "Object": {"type": "object"},
+    })
+    return schemas
+
+
+def _paths() -> dict[str, Any]:
+    """Return every call of the API with its answers."""
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    unauthorized = {"401": _error("missing or wrong bearer token")}
+    not_found = {"404": _error("no such job")}
+    unavailable = {"503": _error("the queue is full or unreachable")}
+    status = {"200": _json(_ref("JobStatus"), "the job"), **not_found, **unauthorized}
+    return {
+        "/api/preview/job": {"post": {
+            "summary": "Submit a preview job",
+            "parameters": [{"name": "dryRun", "in": "query", "schema": {"type": "string"}}],
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref("Payload")}}},
+            "responses": {
+                "202": _json(_ref("Submission"), "accepted"),
+                "200": _json({"oneOf": [_ref("Submission"), _ref("DryRun")]},
+                             "a duplicate, or a dry run's verdict"),
+                "400": _error("not JSON"), "413": _error("too large"),
+                "415": _error("not application/json"), "422": _error("invalid payload"),
+                **unauthorized, **unavailable,
+            },
+        }},
+        "/api/preview/job/{job_id}": {
+            "parameters": [job_id],
+            "get": {"summary": "A job's status", "responses": status},
+            "delete": {"summary": "Cancel or stop a job", "responses": {
+                "200": _json(_ref("Object"), "canceled"),
+                "202": _json(_ref("Object"), "asked to stop"),
+                "409": _error("already ended"), **not_found, **unauthorized,
+            }},
+        },
+        "/api/preview/job/{job_id}/status": {
+            "parameters": [job_id], "get": {"summary": "A job's status", "responses": status},
+        },
+        "/api/preview/worker/health": {"get": {"summary": "Health", "responses": {
+            "200": _json(_ref("Object"), "healthy"), "503": _json(_ref("Object"), "unhealthy"),
+        }}},
+        "/api/preview/metrics": {"get": {"summary": "Queue figures", "responses": {
+            "200": _json(_ref("Object"), "figures"), **unavailable,
+        }}},
+        "/api/preview/dlq": {"get": {"summary": "Dead letters", "responses": {
+            "200": _json(_ref("Object"), "dead-lettered jobs"), **unauthorized,
+        }}},
+        "/api/preview/dlq/{job_id}/requeue": {"parameters": [job_id], "post": {
+            "summary": "Requeue a dead letter", "responses": {
+                "200": _json(_ref("Object"), "requeued"), **not_found, **unauthorized,
+            },
+        }},
+        "/api/preview/dlq/{job_id}": {"parameters": [job_id], "delete": {
+            "summary": "Purge a dead letter", "responses": {
+                "200": _json(_ref("Object"), "purged"), **not_found, **unauthorized,
+            },
+        }},
+        "/api/preview/artifacts/{digest}/{name}": {"get": {
+            "summary": "One artifact, with a signed token",
+            "parameters": [
+                {"name": "digest", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "token", "in": "query", "required": True, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
+                "403": _error("bad or expired signature"), "404": _error("no such artifact"),
+            },
+        }},
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    """Return the OpenAPI 3.1 description of the API."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Preview worker", "version": "1"},
+        "components": {
+            "schemas": _components(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+    }

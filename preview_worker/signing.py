@@ -1,0 +1,27 @@
+"""Signed, expiring artifact URLs: whoever holds one may fetch that one file until it expires."""
+
+from __future__ import annotations
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+SALT = "preview-artifact"
+
+
+class ArtifactSigner:
+    """Signs and checks the token that grants access to one artifact file."""
+
+    def __init__(self, key: str, max_age: int) -> None:
+        self.serializer = URLSafeTimedSerializer(key, salt=SALT)
+        self.max_age = max_age  # seconds a token works
+
+    def token(self, digest: str, name: str) -> str:
+        """Return a token for one artifact file."""
+        return str(self.serializer.dumps(f"{digest}/{name}"))
+
+    def allows(self, token: str, digest: str, name: str) -> bool:
+        """Tell whether a token is genuine, unexpired and for this very file."""
+        try:
+            granted = self.serializer.loads(token, max_age=self.max_age)
+        except BadSignature:  # altered, for another key, or expired (SignatureExpired)
+            return False
+        return bool(granted == f"{digest}/{name}")

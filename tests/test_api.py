@@ -1,0 +1,356 @@
+"""The HTTP API through Flask's test client, against a real Redis: every row of the contract."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from preview_worker import queueing
+from preview_worker.app import create_app
+from preview_worker.settings import Settings, SettingsError, get_settings, load_settings
+from preview_worker.worker import PreviewWorker
+
+from .conftest import load_payload, payload, service_environment
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def api_settings(redis_url: str, data_dir: Path, **extra: str) -> Settings:
+    """Return settings of an API with one token, on the test Redis and store."""
+    return load_settings(
+        service_environment(redis_url, data_dir, PREVIEW_API_TOKENS=TOKEN, **extra)
+    )
+
+
+@pytest.fixture(autouse=True)
+def worker_environment(
+    redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Give jobs run in this process the test store, as a worker's environment would."""
+    for name, value in service_environment(redis_url, data_dir).items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def app(redis_url: str, data_dir: Path, redis_client: redis.Redis) -> Iterator[Flask]:
+    """Give a test application on the test Redis, which is empty."""
+    application = create_app({"TESTING": True, "SETTINGS": api_settings(redis_url, data_dir)})
+    yield application
+    application.extensions["preview"].connection.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """Give a test client that sends the bearer token."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = AUTH["Authorization"]
+    return test_client
+
+
+def queued(connection: redis.Redis, settings: Settings) -> int:
+    """Return how many jobs wait on the queues."""
+    return queueing.queued_count(connection, settings)
+
+
+def run_jobs(app: Flask) -> None:
+    """Run every queued job with a real worker in this process."""
+    shared = app.extensions["preview"]
+    queues = queueing.queues(shared.connection, shared.settings)
+    PreviewWorker(queues, connection=shared.connection).work(burst=True)
+
+
+def assert_envelope(response: Any, status: int, code: str) -> dict[str, Any]:
+    """Check an error answer's status and JSON envelope; return its body."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    body: dict[str, Any] = response.get_json()
+    assert body["error"] == code and body["message"]
+    assert body["requestId"] == response.headers["X-Request-ID"]
+    return body
+
+
+def test_submit_answers_202_with_location_then_200_for_a_duplicate(
+    client: FlaskClient, redis_client: redis.Redis, app: Flask
+) -> None:
+    """Given a valid payload, the first POST enqueues it and the second finds it."""
+    first = client.post("/api/preview/job", json=payload(priority="high"))
+    assert first.status_code == 202
+    body = first.get_json()
+    assert body == {"jobId": body["jobId"], "status": "queued", "queue": "high",
+                    "duplicate": False}
+    assert first.headers["Location"] == f"/api/preview/job/{body['jobId']}"
+    second = client.post("/api/preview/job", json=payload(priority="high"))
+    assert second.status_code == 200 and second.get_json()["duplicate"] is True
+    assert queued(redis_client, app.extensions["preview"].settings) == 1
+
+
+def test_dry_run_validates_and_enqueues_nothing(
+    client: FlaskClient, redis_client: redis.Redis, app: Flask
+) -> None:
+    """Given ?dryRun=true, a valid payload gets its verdict and no job."""
+    response = client.post("/api/preview/job?dryRun=true", json=payload())
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "valid": True, "jobId": queueing.job_id_for(payload()), "queue": "normal"
+    }
+    assert queued(redis_client, app.extensions["preview"].settings) == 0
+
+
+BAD_BODIES = [
+    ("malformed", b'{"tutorialId": ', "application/json", 400, "bad_json"),
+    ("not utf-8", b"\xff\xfe", "application/json", 400, "bad_json"),
+    ("NaN", b'{"tutorialId": NaN}', "application/json", 400, "bad_json"),
+    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "bad_json"),
+    ("oversize", b'{"x": "' + b"a" * 2_000_000 + b'"}', "application/json", 413,
+     "payload_too_large"),
+    ("wrong content type", json.dumps(payload()).encode(), "text/plain", 415,
+     "unsupported_media_type"),
+    ("form", b"tutorialId=x", "application/x-www-form-urlencoded", 415,
+     "unsupported_media_type"),
+    ("an array", b"[]", "application/json", 422, "invalid_payload"),
+    ("wrong types", json.dumps({**payload(), "revision": "7"}).encode(), "application/json",
+     422, "invalid_payload"),
+    ("unknown field", json.dumps({**payload(), "author": "ada"}).encode(), "application/json",
+     422, "invalid_payload"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [case[1:] for case in BAD_BODIES],
+    ids=[case[0] for case in BAD_BODIES],
+)
+def test_bad_bodies_get_an_envelope_and_enqueue_nothing(
+    client: FlaskClient,
+    redis_client: redis.Redis,
+    app: Flask,
+    body: bytes,
+    content_type: str,
+    status: int,
+    code: str,
+) -> None:
+    """Given a bad body, the answer is its error code in the envelope and nothing is queued."""
+    response = client.post("/api/preview/job", data=body, content_type=content_type)
+    assert_envelope(response, status, code)
+    assert queued(redis_client, app.extensions["preview"].settings) == 0
+    assert redis_client.keys("rq:job:*") == []
+
+
+def test_invalid_payload_lists_every_problem_with_a_pointer(client: FlaskClient) -> None:
+    """Given a payload breaking three rules, 422 lists all three as JSON Pointers."""
+    bad = {**payload(priority="urgent"), "extra": 1}
+    bad["content"] = {**bad["content"], "title": ""}
+    body = assert_envelope(client.post("/api/preview/job", json=bad), 422, "invalid_payload")
+    assert [item["path"] for item in body["details"]] == ["/content/title", "/extra", "/priority"]
+
+
+def test_a_missing_or_wrong_token_is_refused(app: Flask) -> None:
+    """Given no token or a wrong one, mutating and reading calls answer 401."""
+    anonymous = app.test_client()
+    assert_envelope(anonymous.post("/api/preview/job", json=payload()), 401, "unauthorized")
+    wrong = {"Authorization": "Bearer not-the-token-at-all"}
+    assert_envelope(anonymous.get("/api/preview/dlq", headers=wrong), 401, "unauthorized")
+    assert_envelope(anonymous.get("/rq/", headers=wrong), 401, "unauthorized")
+    assert anonymous.get("/api/preview/metrics").status_code == 200  # public for scrapers
+
+
+def test_a_full_queue_answers_503_with_retry_after(
+    redis_url: str, data_dir: Path, redis_client: redis.Redis
+) -> None:
+    """Given PREVIEW_QUEUE_MAX jobs queued, another submission gets 503 and is not queued."""
+    settings = api_settings(redis_url, data_dir, PREVIEW_QUEUE_MAX="1")
+    app = create_app({"TESTING": True, "SETTINGS": settings})
+    client = app.test_client()
+    assert client.post("/api/preview/job", json=payload(), headers=AUTH).status_code == 202
+    full = client.post("/api/preview/job", json=payload(revision=2), headers=AUTH)
+    assert_envelope(full, 503, "queue_full")
+    assert full.headers["Retry-After"] == "30"
+    assert queued(redis_client, settings) == 1
+
+
+def test_redis_down_answers_503_with_the_envelope(data_dir: Path) -> None:
+    """Given an unreachable Redis, a submission gets a clear 503, not a crash."""
+    settings = api_settings("redis://127.0.0.1:1/0", data_dir)
+    client = create_app({"TESTING": True, "SETTINGS": settings}).test_client()
+    response = client.post("/api/preview/job", json=payload(), headers=AUTH)
+    body = assert_envelope(response, 503, "unavailable")
+    assert "unreachable" in body["message"] and "Traceback" not in json.dumps(body)
+
+
+def test_status_cancel_and_conflict(client: FlaskClient) -> None:
+    """Given a queued job, status answers it, DELETE cancels it, a second DELETE is 409."""
+    job_id = client.post("/api/preview/job", json=payload()).get_json()["jobId"]
+    for path in (f"/api/preview/job/{job_id}", f"/api/preview/job/{job_id}/status"):
+        status = client.get(path).get_json()
+        assert status["jobId"] == job_id and status["status"] == "queued"
+    canceled = client.delete(f"/api/preview/job/{job_id}")
+    assert canceled.status_code == 200 and canceled.get_json()["status"] == "canceled"
+    assert_envelope(client.delete(f"/api/preview/job/{job_id}"), 409, "already_ended")
+
+
+@pytest.mark.parametrize("job_id", ["missing", "..%2F..%2Fetc", "a" * 400])
+def test_unknown_jobs_are_404(client: FlaskClient, job_id: str) -> None:
+    """Given an id no job has (or could have), status, cancel and requeue answer 404."""
+    assert_envelope(client.get(f"/api/preview/job/{job_id}"), 404, "not_found")
+    assert_envelope(client.delete(f"/api/preview/job/{job_id}"), 404, "not_found")
+    assert_envelope(client.post(f"/api/preview/dlq/{job_id}/requeue"), 404, "not_found")
+    assert_envelope(client.delete(f"/api/preview/dlq/{job_id}"), 404, "not_found")
+
+
+def test_request_id_is_echoed_stored_and_replaced_when_unsafe(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    """Given X-Request-ID, it is echoed and kept in the job's meta; an unsafe one is replaced."""
+    response = client.post("/api/preview/job", json=payload(), headers={"X-Request-ID": "r-42"})
+    assert response.headers["X-Request-ID"] == "r-42"
+    job_id = response.get_json()["jobId"]
+    assert queueing.job_status(redis_client, job_id)["requestId"] == "r-42"
+    unsafe = client.get("/api/preview/dlq", headers={"X-Request-ID": "<script>"})
+    assert unsafe.headers["X-Request-ID"] != "<script>" and len(unsafe.headers["X-Request-ID"])
+
+
+def test_finished_job_links_signed_artifacts(client: FlaskClient, app: Flask) -> None:
+    """Given a finished job, its status links artifacts served with safe headers."""
+    job_id = client.post("/api/preview/job", json=payload()).get_json()["jobId"]
+    run_jobs(app)
+    status = client.get(f"/api/preview/job/{job_id}").get_json()
+    assert status["status"] == "finished"
+    links = {item["name"]: item["url"] for item in status["result"]["artifacts"]}
+    with app.test_client().get(links["index.html"]) as page:  # the link is the credential
+        assert page.status_code == 200 and page.mimetype == "text/html"
+        assert page.headers["X-Content-Type-Options"] == "nosniff"
+        assert "script-src 'none'" in page.headers["Content-Security-Policy"]
+        assert b"<h1" in page.data
+    with app.test_client().get(links["thumbnail.png"]) as image:
+        assert image.mimetype == "image/png" and image.data.startswith(b"\x89PNG")
+    tampered = links["index.html"].replace("index.html", "thumbnail.png")
+    assert_envelope(app.test_client().get(tampered), 403, "forbidden")
+    assert_envelope(app.test_client().get(links["index.html"][:-3] + "abc"), 403, "forbidden")
+
+
+def test_expired_artifact_links_are_refused(
+    redis_url: str, data_dir: Path, redis_client: redis.Redis
+) -> None:
+    """Given PREVIEW_ARTIFACT_URL_TTL=1, a link older than a second gets 403."""
+    settings = api_settings(redis_url, data_dir, PREVIEW_ARTIFACT_URL_TTL="1")
+    app = create_app({"TESTING": True, "SETTINGS": settings})
+    job_id = queueing.submit(redis_client, settings, payload()).job_id
+    run_jobs(app)
+    status = app.test_client().get(f"/api/preview/job/{job_id}", headers=AUTH).get_json()
+    link = status["result"]["artifacts"][0]["url"]
+    with app.test_client().get(link) as fresh:
+        assert fresh.status_code == 200
+    time.sleep(2.1)
+    assert_envelope(app.test_client().get(link), 403, "forbidden")
+
+
+def test_dead_letters_over_http(client: FlaskClient, app: Flask) -> None:
+    """Given a job the worker refuses, the DLQ lists it, requeues it and purges it."""
+    shared = app.extensions["preview"]
+    bad = queueing.submit(shared.connection, shared.settings, payload(tutorialId="Bad")).job_id
+    run_jobs(app)
+    letters = client.get("/api/preview/dlq").get_json()
+    assert letters["count"] == 1 and letters["jobs"][0]["jobId"] == bad
+    assert client.post(f"/api/preview/dlq/{bad}/requeue").get_json()["status"] == "queued"
+    run_jobs(app)
+    assert client.delete(f"/api/preview/dlq/{bad}").get_json()["status"] == "purged"
+    assert client.get("/api/preview/dlq").get_json()["count"] == 0
+
+
+def test_flask_errors_and_crashes_answer_the_envelope(app: Flask, client: FlaskClient) -> None:
+    """Given an unknown path, a wrong method and a crashing view, each answers the envelope."""
+
+    def boom() -> str:
+        raise RuntimeError("secret internals")
+
+    app.add_url_rule("/boom", view_func=boom)
+    assert_envelope(client.get("/api/preview/nothing-here"), 404, "not_found")
+    wrong = client.put("/api/preview/job")
+    assert_envelope(wrong, 405, "method_not_allowed")
+    assert "POST" in wrong.headers["Allow"]
+    crashed = assert_envelope(client.get("/boom"), 500, "internal_error")
+    assert "secret internals" not in json.dumps(crashed)
+
+
+def test_dashboard_is_behind_auth_and_refuses_unsafe_writes(client: FlaskClient) -> None:
+    """Given the token, the dashboard opens; its GET requeue and cross-site POSTs are refused."""
+    assert client.get("/rq/").status_code == 200
+    assert_envelope(client.get("/rq/requeue/normal"), 405, "method_not_allowed")
+    cross = client.post("/rq/requeue/normal", headers={"Origin": "https://evil.example"})
+    assert_envelope(cross, 403, "forbidden")
+
+
+def test_production_without_tokens_refuses_to_start(redis_url: str, data_dir: Path) -> None:
+    """Given PREVIEW_ENV=production and no token or key, the app is not built."""
+    settings = load_settings(
+        service_environment(redis_url, data_dir, PREVIEW_ENV="production")
+    )
+    with pytest.raises(SettingsError, match="PREVIEW_API_TOKENS and PREVIEW_SIGNING_KEY"):
+        create_app({"TESTING": True, "SETTINGS": settings})
+
+
+def test_prometheus_text_counts_outcomes(client: FlaskClient, app: Flask) -> None:
+    """Given a finished job, /metrics shows it with the HTTP metrics beside it."""
+    client.post("/api/preview/job", json=load_payload("preview_payload_minimal.json"))
+    run_jobs(app)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'preview_jobs_total{outcome="succeeded",queue="normal"} 1.0' in text
+    assert "flask_http_request_total" in text
+
+
+def test_every_answer_matches_the_openapi_description(client: FlaskClient, app: Flask) -> None:
+    """Given calls that reach every path and most answers, each answer fits the description."""
+    from openapi_core import OpenAPI
+    from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
+    from werkzeug.test import EnvironBuilder
+
+    document = client.get("/api/preview/openapi.json").get_json()
+    spec = OpenAPI.from_dict(document)
+    job_id = client.post("/api/preview/job", json=payload()).get_json()["jobId"]
+    shared = app.extensions["preview"]
+    bad = queueing.submit(shared.connection, shared.settings, payload(tutorialId="Bad")).job_id
+    answers = [
+        client.post("/api/preview/job", json=payload()),
+        client.post("/api/preview/job", json=payload(revision=5)),
+        client.post("/api/preview/job?dryRun=true", json=payload(revision=3)),
+        client.post("/api/preview/job", json={"tutorialId": 1}),
+        client.post("/api/preview/job", data=b"{", content_type="application/json"),
+        client.get(f"/api/preview/job/{job_id}"),
+        client.get("/api/preview/job/none/status"),
+        client.get("/api/preview/worker/health"),
+        client.get("/api/preview/metrics"),
+    ]
+    run_jobs(app)
+    status = client.get(f"/api/preview/job/{job_id}")
+    link = status.get_json()["result"]["artifacts"][0]["url"]
+    answers += [
+        status,
+        client.get(link),
+        client.get(link.replace("token=", "token=x")),
+        client.get("/api/preview/dlq"),
+        client.post(f"/api/preview/dlq/{bad}/requeue"),
+        client.delete(f"/api/preview/dlq/{job_id}"),
+        client.delete(f"/api/preview/job/{job_id}"),
+        app.test_client().get("/api/preview/dlq"),
+    ]
+    seen = set()
+    for response in answers:
+        sent = response.request  # its body was read by the app: describe the call afresh
+        call = EnvironBuilder(
+            path=sent.path, method=sent.method, query_string=sent.query_string.decode()
+        ).get_request()
+        spec.validate_response(WerkzeugOpenAPIRequest(call), WerkzeugOpenAPIResponse(response))
+        response.close()
+        seen.add(response.status_code)
+    assert {200, 202, 400, 401, 403, 404, 409, 422} <= seen
