@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from rq import get_current_job
@@ -12,6 +13,8 @@ from preview_worker.schema import validate_payload
 from preview_worker.settings import get_settings
 from preview_worker.storage import ArtifactStore
 
+log = logging.getLogger(__name__)
+
 # What each stage of a render is called in the job's progress, and how far along it starts.
 STAGES = {"html": ("page", 20), "png": ("thumbnail", 55), "write": ("storing", 90)}
 
@@ -19,6 +22,7 @@ STAGES = {"html": ("page", 20), "png": ("thumbnail", 55), "write": ("storing", 9
 def render_preview(payload: dict[str, Any]) -> dict[str, Any]:
     """Render a payload's preview into the artifact store and return what was written."""
     job = get_current_job()
+    log.info("rendering the preview of %s", payload.get("tutorialId"))
     progress.begin_attempt(job)
     problems = validate_payload(payload)
     if problems:

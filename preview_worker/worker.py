@@ -22,6 +22,7 @@ from rq.job import Job
 from rq.worker import BaseWorker
 
 from preview_worker import keys, progress, queueing, recovery
+from preview_worker.logs import configure_logging
 from preview_worker.settings import Settings
 from preview_worker.storage import ArtifactStore
 
@@ -108,6 +109,7 @@ def run_worker(
     redis_url: str, settings: Settings, kind: str, index: int, burst: bool, max_jobs: int | None
 ) -> None:
     """Run one worker process until it is told to stop, runs out of work or of max_jobs."""
+    configure_logging(settings.log_level)  # RQ adds no handler of its own when one exists
     connection = queueing.connect(redis_url)
     worker = WORKER_CLASSES[kind](
         queueing.queues(connection, settings),

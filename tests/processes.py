@@ -13,15 +13,18 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def start_worker(environment: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    """Start `preview-worker worker ARGS` in a new process group with the given settings."""
-    return subprocess.Popen(
-        [str(BIN / "preview-worker"), "worker", *args],
-        env={**os.environ, **environment},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start_worker(
+    environment: dict[str, str], *args: str, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `preview-worker worker ARGS` in a new process group; its log to a file if given."""
+    with open(log or os.devnull, "wb") as stderr:
+        return subprocess.Popen(
+            [str(BIN / "preview-worker"), "worker", *args],
+            env={**os.environ, **environment},
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
 
 
 def start_stock_worker(environment: dict[str, str], *args: str) -> subprocess.Popen[bytes]:

@@ -22,11 +22,15 @@ from .processes import start_worker, stop, wait_until
 TOKEN = "server-token-0123456789"
 
 
-def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+def call(
+    base: str, method: str, path: str, body: Any = None, request_id: str | None = None
+) -> tuple[int, dict[str, Any]]:
     """Make one HTTP call with the token; return the status and the JSON answer."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(base + path, data=data, method=method)
     request.add_header("Authorization", f"Bearer {TOKEN}")
+    if request_id:
+        request.add_header("X-Request-ID", request_id)
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
@@ -90,9 +94,10 @@ def test_jobs_through_gunicorn_and_a_worker_show_in_metrics(
     assert code == 202
     broken = start_worker({**environment, "DATA_DIR": str(blocked / "data")}, "--burst")
     assert broken.wait(60) == 0
-    code, good = call(base, "POST", "/api/preview/job", payload(revision=2))
+    code, good = call(base, "POST", "/api/preview/job", payload(revision=2), "req-from-editor")
     assert code == 202
-    worker = start_worker(environment, "--concurrency", "1")
+    worker_log = tmp_path / "worker.log"
+    worker = start_worker(environment, "--concurrency", "1", log=worker_log)
     try:
         wait_until(lambda: call(base, "GET", f"/api/preview/job/{good['jobId']}")[1]
                    ["status"] == "finished", 60, "the job")
@@ -104,6 +109,22 @@ def test_jobs_through_gunicorn_and_a_worker_show_in_metrics(
     assert 'preview_jobs_total{outcome="succeeded",queue="normal"} 1.0' in text
     assert 'preview_jobs_total{outcome="dead_lettered",queue="normal"} 1.0' in text
     assert 'preview_job_duration_seconds_count{queue="normal"} 2.0' in text
+    logged = worker_log.read_text().splitlines()
+    lines = [json.loads(line) for line in logged if line.startswith("{")]
+    mine = [line for line in lines if line.get("jobId") == good["jobId"]]
+    assert mine and all(line["requestId"] == "req-from-editor" for line in mine)
+    assert {"asctime", "level", "name", "message"} <= set(mine[0])
+
+
+def test_production_without_tokens_refuses_to_serve(data_dir: Path) -> None:
+    """Given PREVIEW_ENV=production without tokens, serve stops with one line, exit 2."""
+    environment = {**os.environ, "PREVIEW_ENV": "production", "DATA_DIR": str(data_dir)}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "preview-worker"), "serve"],
+        env=environment, capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "PREVIEW_API_TOKENS and PREVIEW_SIGNING_KEY" in done.stderr
 
 
 def test_redis_stopped_gives_503_and_service_recovers(
