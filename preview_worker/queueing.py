@@ -113,10 +113,17 @@ def job_id_for(payload: dict[str, Any], namespace: str = "") -> str:
 
 def queued_count(connection: redis.Redis, settings: Settings) -> int:
     """Return how many jobs wait on all the queues (LLEN: cheap and read-only)."""
+    return _look(connection, settings, None)[1]
+
+
+def _look(connection: redis.Redis, settings: Settings, job_id: str | None) -> tuple[str, int]:
+    """Read a job's status (empty when there is none) and the queued count in one trip."""
     with connection.pipeline(transaction=False) as pipe:
+        pipe.hget(Job.key_for(job_id or "-"), "status")
         for queue in queues(connection, settings):
             pipe.llen(queue.key)
-        return sum(pipe.execute())
+        status, *lengths = pipe.execute()
+    return (status.decode() if status and job_id else ""), sum(lengths)
 
 
 def submit(
@@ -131,10 +138,10 @@ def submit(
     function names what workers run; only benchmarks and tests pass another than the render.
     """
     job_id = job_id_for(payload, settings.queue_name)
-    existing = _fetch(connection, job_id)
+    status, queued = _look(connection, settings, job_id)
+    existing = _fetch(connection, job_id) if status else None
     if existing is not None and existing.get_status() not in RESUBMITTABLE:
         return _duplicate(connection, existing)
-    queued = queued_count(connection, settings)
     if queued >= settings.queue_max:
         metrics.record_outcome(connection, queue_name(settings, _priority(payload)), "rejected")
         raise QueueFull(queued, settings.queue_max)
@@ -203,7 +210,7 @@ def _enqueue(
             return _enqueue(connection, settings, payload, request_id, job_id, function)
         return _duplicate(connection, existing)
     metrics.record_outcome(connection, queue.name, "enqueued")
-    return Submission(job.id, job.get_status().value, queue.name, duplicate=False)
+    return Submission(job.id, job.get_status(refresh=False).value, queue.name, duplicate=False)
 
 
 def _resubmit(

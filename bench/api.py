@@ -1,0 +1,168 @@
+"""Accepted jobs per second over HTTP against a real gunicorn, beside a raw enqueue loop.
+
+The load generator runs on the same machine (threads with keep-alive connections), so its
+own cost is part of every figure, as it would be for any client on these 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rq import Queue
+
+from preview_worker import queueing
+from preview_worker.embedded_redis import EmbeddedRedis, free_port
+
+PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
+TOKEN = "bench-token-0123456789abcdef"
+MINIMAL: dict[str, Any] = json.loads((PAYLOADS / "preview_payload_minimal.json").read_text())
+
+
+def body(number: int) -> bytes:
+    """Return a distinct minimal payload, so every submission is a new job."""
+    return json.dumps({**MINIMAL, "revision": number}).encode()
+
+
+def post(connection: http.client.HTTPConnection, data: bytes) -> float:
+    """Submit one payload; return the seconds the answer took."""
+    start = time.perf_counter()
+    connection.request("POST", "/api/preview/job", data, {
+        "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}",
+    })
+    answer = connection.getresponse()
+    answer.read()
+    if answer.status != 202:
+        raise RuntimeError(f"answer {answer.status}")
+    return time.perf_counter() - start
+
+
+def closed_loop(port: int, count: int, threads: int, numbers: itertools.count[int]) -> list[float]:
+    """Send count submissions as fast as threads allow; return each one's latency."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def run(share: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = [post(connection, body(next(numbers))) for _ in range(share)]
+        with lock:
+            latencies.extend(mine)
+
+    workers = [threading.Thread(target=run, args=(count // threads,)) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return latencies
+
+
+def open_loop(port: int, rate: float, seconds: float, threads: int,
+              numbers: itertools.count[int]) -> list[float]:
+    """Send submissions at a fixed rate, each thread on its own schedule; return latencies."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2
+    gap = threads / rate
+
+    def run(offset: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        due = start + offset * gap / threads
+        while due < start + seconds:
+            time.sleep(max(0.0, due - time.perf_counter()))
+            post(connection, body(next(numbers)))
+            # From when it was due, not when it went: a late send counts as waiting.
+            with lock:
+                latencies.append(time.perf_counter() - due)
+            due += gap
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return latencies
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Return a percentile of some latencies, in milliseconds."""
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def raw_enqueue_rate(url: str, count: int) -> float:
+    """Return raw `Queue.enqueue` calls per second from one process, the baseline."""
+    connection = queueing.connect(url)
+    queue = Queue("raw", connection=connection)
+    start = time.perf_counter()
+    for number in range(count):
+        queue.enqueue("preview_worker.jobs.render_preview", json.loads(body(number)))
+    rate = count / (time.perf_counter() - start)
+    connection.delete(queue.key)
+    return rate
+
+
+def serve(url: str, data: str, port: int) -> subprocess.Popen[bytes]:
+    """Start `preview-worker serve` with 2 gunicorn workers and wait until it answers."""
+    environment = {**os.environ, "REDIS_URL": url, "DATA_DIR": data, "PREVIEW_API_TOKENS": TOKEN,
+                   "PREVIEW_QUEUE_MAX": "1000000", "PREVIEW_LOG_LEVEL": "WARNING"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "preview-worker"), "serve", "--workers", "2",
+         "--bind", f"127.0.0.1:{port}"],
+        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        try:
+            http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/metrics")
+            return server
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the server did not start")
+
+
+def main() -> None:
+    """Print HTTP throughput and latency next to the raw enqueue loop."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    options = parser.parse_args()
+    numbers = itertools.count()
+    with EmbeddedRedis() as redis_server, tempfile.TemporaryDirectory() as data:
+        port = free_port()
+        server = serve(redis_server.url, data, port)
+        try:
+            closed_loop(port, 200, options.threads, numbers)  # warm up every process
+            start = time.perf_counter()
+            latencies = closed_loop(port, options.requests, options.threads, numbers)
+            rate = len(latencies) / (time.perf_counter() - start)
+            began = time.perf_counter()
+            paced = open_loop(port, options.rate, options.seconds, options.threads, numbers)
+            paced_rate = len(paced) / (time.perf_counter() - began)
+        finally:
+            server.terminate()
+            server.wait(30)
+        raw = raw_enqueue_rate(redis_server.url, options.requests)
+    print(f"as fast as possible, {options.threads} client threads, {len(latencies)} jobs:")
+    print(f"  accepted/s {rate:7.0f}   p50 {percentile(latencies, 0.5):6.1f} ms"
+          f"   p99 {percentile(latencies, 0.99):6.1f} ms")
+    print(f"paced at {options.rate:.0f}/s for {options.seconds:.0f} s ({len(paced)} jobs, "
+          f"{paced_rate:.0f}/s achieved), latency counted from when each was due:")
+    print(f"  p50 {percentile(paced, 0.5):6.1f} ms   p99 {percentile(paced, 0.99):6.1f} ms"
+          f"   mean {1000 * statistics.fmean(paced):6.1f} ms")
+    print(f"raw Queue.enqueue loop, one process: {raw:7.0f}/s")
+
+
+if __name__ == "__main__":
+    main()
