@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 ERROR_CODES = {413: "payload_too_large"}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 DEVELOPMENT_SIGNING_KEY = "development-only-signing-key"  # noqa: S105 - refused in production
-# Endpoints open without a token: probes and scrapers, and artifacts, which carry a signature.
-PUBLIC_ENDPOINTS = {
-    "preview.health", "preview.queue_metrics", "preview.artifact", "prometheus_metrics"
-}
+# Artifacts carry a signature of their own instead of a token.
+SIGNED_ENDPOINTS = {"preview.artifact"}
+# Probes and scrapers, open without a token unless PREVIEW_OPEN_PROBES=false.
+PROBE_ENDPOINTS = {"preview.health", "preview.queue_metrics", "prometheus_metrics"}
 
 
 @dataclass
@@ -106,11 +106,13 @@ def init_request_ids(app: Flask) -> None:
 
 def init_auth(app: Flask) -> None:
     """Ask every call but the public ones for a bearer token from PREVIEW_API_TOKENS."""
-    tokens = [token.encode() for token in preview_of(app).settings.api_tokens]
+    settings = preview_of(app).settings
+    tokens = [token.encode() for token in settings.api_tokens]
+    public = SIGNED_ENDPOINTS | (PROBE_ENDPOINTS if settings.open_probes else set())
 
     @app.before_request
     def require_token() -> Response | None:
-        if not tokens or request.endpoint in PUBLIC_ENDPOINTS:
+        if not tokens or request.endpoint in public:
             return None
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         presented = given.strip().encode()

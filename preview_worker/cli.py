@@ -313,7 +313,8 @@ def health(settings: Settings) -> None:
     """Print the health report as JSON; exit 0 when healthy, 1 when not."""
     from preview_worker.health import health_report
 
-    report = health_report(queueing.connect(redis_url_of(settings)), settings)
+    with queueing.connect(redis_url_of(settings)) as connection:
+        report = health_report(connection, settings)
     echo_json(report.as_dict())
     sys.exit(0 if report.ok else 1)
 

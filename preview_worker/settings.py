@@ -37,6 +37,7 @@ class Settings:
     environment: str = "development"  # PREVIEW_ENV; development | production
     api_tokens: tuple[str, ...] = ()  # PREVIEW_API_TOKENS; comma-separated bearer tokens
     signing_key: str = ""  # PREVIEW_SIGNING_KEY; signs artifact URLs
+    open_probes: bool = True  # PREVIEW_OPEN_PROBES; health and metrics answer without a token
     retry_max: int = 3  # PREVIEW_RETRY_MAX; retries after the first attempt
     retry_base_delay: float = 2.0  # PREVIEW_RETRY_BASE_DELAY; seconds before the first retry
     retry_max_delay: float = 300.0  # PREVIEW_RETRY_MAX_DELAY; seconds, cap of any retry gap
@@ -112,6 +113,14 @@ def _queue_name(name: str, raw: str) -> str:
     return value
 
 
+def _flag(name: str, raw: str) -> bool:
+    """Parse a yes/no setting."""
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
+    return value in ("true", "1", "yes")
+
+
 def _tokens(name: str, raw: str) -> tuple[str, ...]:
     """Split a comma-separated token list, refusing tokens too short to be secret."""
     tokens = tuple(token.strip() for token in raw.split(",") if token.strip())
@@ -163,6 +172,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         queue_max=read("PREVIEW_QUEUE_MAX", whole(1), defaults.queue_max),
         environment=read("PREVIEW_ENV", one_of(ENVIRONMENTS), defaults.environment),
         api_tokens=read("PREVIEW_API_TOKENS", _tokens, defaults.api_tokens),
+        open_probes=read("PREVIEW_OPEN_PROBES", _flag, defaults.open_probes),
         signing_key=read(
             "PREVIEW_SIGNING_KEY", lambda _name, raw: raw.strip(), defaults.signing_key
         ),

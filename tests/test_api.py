@@ -165,6 +165,15 @@ def test_a_missing_or_wrong_token_is_refused(app: Flask) -> None:
     assert anonymous.get("/api/preview/metrics").status_code == 200  # public for scrapers
 
 
+def test_probes_can_be_closed_too(redis_url: str, data_dir: Path) -> None:
+    """Given PREVIEW_OPEN_PROBES=false, health and metrics also want the token."""
+    settings = api_settings(redis_url, data_dir, PREVIEW_OPEN_PROBES="false")
+    client = create_app({"TESTING": True, "SETTINGS": settings}).test_client()
+    for path in ("/api/preview/metrics", "/api/preview/worker/health", "/metrics"):
+        assert_envelope(client.get(path), 401, "unauthorized")
+    assert client.get("/api/preview/metrics", headers=AUTH).status_code == 200
+
+
 def test_a_full_queue_answers_503_with_retry_after(
     redis_url: str, data_dir: Path, redis_client: redis.Redis
 ) -> None:

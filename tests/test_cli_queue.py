@@ -14,7 +14,7 @@ from preview_worker.cli import cli
 from preview_worker.settings import Settings
 
 from .conftest import PAYLOADS, service_environment
-from .processes import start_worker, stop
+from .processes import start_worker, stop, wait_until
 
 MINIMAL = str(PAYLOADS / "preview_payload_minimal.json")
 FULL = str(PAYLOADS / "preview_payload_full.json")
@@ -119,3 +119,17 @@ def test_queue_commands_without_redis_say_so(runner: CliRunner, tmp_path: Path) 
     assert result.exit_code == 1 and "no Redis: set REDIS_URL" in result.output
     down = runner.invoke(cli, ["status", "x"], env={"REDIS_URL": "redis://127.0.0.1:1/0"})
     assert down.exit_code == 1 and "Redis is unreachable" in down.output
+
+
+def test_health_command_exits_1_without_workers_and_0_with_one(
+    runner: CliRunner, service: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """Given no worker, health exits 1 naming why; with a live worker pool it exits 0."""
+    sick = runner.invoke(cli, ["health"])
+    assert sick.exit_code == 1 and json.loads(sick.output)["ok"] is False
+    worker = start_worker(service, "--concurrency", "1")
+    try:
+        wait_until(lambda: runner.invoke(cli, ["health"]).exit_code == 0, 30, "a healthy pool")
+    finally:
+        stop(worker)
+    assert json.loads(runner.invoke(cli, ["health"]).output)["ok"] is False

@@ -32,6 +32,7 @@ def test_every_variable_is_read() -> None:
             "PREVIEW_QUEUE_MAX": "50",
             "PREVIEW_ENV": "production",
             "PREVIEW_API_TOKENS": "0123456789abcdef, fedcba9876543210",
+            "PREVIEW_OPEN_PROBES": "false",
             "PREVIEW_SIGNING_KEY": "secret-key",
             "PREVIEW_RETRY_MAX": "5",
             "PREVIEW_RETRY_BASE_DELAY": "0.5",
@@ -54,6 +55,7 @@ def test_every_variable_is_read() -> None:
         queue_max=50,
         environment="production",
         api_tokens=("0123456789abcdef", "fedcba9876543210"),
+        open_probes=False,
         signing_key="secret-key",
         retry_max=5,
         retry_base_delay=0.5,
@@ -86,6 +88,7 @@ def test_every_variable_is_read() -> None:
         ("PREVIEW_RETRY_MAX_DELAY", "inf"),
         ("PREVIEW_API_TOKENS", "short"),
         ("PREVIEW_LOG_LEVEL", "loud"),
+        ("PREVIEW_OPEN_PROBES", "maybe"),
     ],
 )
 def test_bad_value_names_its_variable(name: str, value: str) -> None:
