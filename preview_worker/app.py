@@ -169,15 +169,28 @@ def init_api(app: Flask) -> None:
 
 def init_metrics(app: Flask) -> None:
     """Serve Prometheus text at /metrics: HTTP metrics plus the queue's, read from Redis."""
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_flask_exporter import PrometheusMetrics
 
     from preview_worker.collectors import QueueCollector
 
     shared = preview_of(app)
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(QueueCollector(lambda: shared.connection, shared.settings))
-    PrometheusMetrics(app, registry=registry, path="/metrics", group_by="url_rule")
+    scraped = CollectorRegistry(auto_describe=True)
+    scraped.register(QueueCollector(lambda: shared.connection, shared.settings))
+    if app.config.get("METRICS_MULTIPROCESS"):
+        # Under gunicorn each process counts its requests into shared files (the folder in
+        # PROMETHEUS_MULTIPROC_DIR); a scrape answered by any process adds them all up.
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        MultiProcessCollector(scraped)  # type: ignore[no-untyped-call]
+        http = PrometheusMetrics(app, registry=CollectorRegistry(), path=None, group_by="url_rule")
+    else:
+        http = PrometheusMetrics(app, registry=scraped, path=None, group_by="url_rule")
+
+    @app.get("/metrics", endpoint="prometheus_metrics")
+    @http.do_not_track()  # type: ignore[untyped-decorator]
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(scraped), mimetype=CONTENT_TYPE_LATEST)
 
 
 def init_dashboard(app: Flask, redis_url: str) -> None:

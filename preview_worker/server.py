@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from preview_worker.app import create_app
+
+# prometheus_client's own switch for multiprocess metrics; its files live in this folder.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class PreviewServer(BaseApplication):  # type: ignore[misc]
@@ -24,19 +30,32 @@ class PreviewServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         """Build the app in the worker process, with its own Redis connection."""
-        return create_app()
+        return create_app({"METRICS_MULTIPROCESS": True})
+
+
+def forget_worker(server: Any, worker: Any) -> None:
+    """Drop the live gauges of a gunicorn worker that exited."""
+    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+    GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
 
 
 def serve_with_gunicorn(bind: str, workers: int) -> None:
     """Serve until gunicorn is told to stop (SIGTERM drains in-flight requests)."""
-    PreviewServer(
-        {
-            "bind": bind,
-            "workers": workers,
-            "worker_class": "gthread",
-            "threads": 4,
-            "timeout": 30,
-            "graceful_timeout": 20,
-            "accesslog": "-",
-        }
-    ).run()
+    metrics_dir = tempfile.mkdtemp(prefix="preview-metrics-")
+    os.environ[MULTIPROCESS_DIR] = metrics_dir  # read by prometheus_client in every worker
+    try:
+        PreviewServer(
+            {
+                "bind": bind,
+                "workers": workers,
+                "worker_class": "gthread",
+                "threads": 4,
+                "timeout": 30,
+                "graceful_timeout": 20,
+                "accesslog": "-",
+                "child_exit": forget_worker,
+            }
+        ).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

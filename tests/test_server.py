@@ -127,6 +127,17 @@ def test_production_without_tokens_refuses_to_serve(data_dir: Path) -> None:
     assert "PREVIEW_API_TOKENS and PREVIEW_SIGNING_KEY" in done.stderr
 
 
+def test_http_metrics_add_up_across_gunicorn_processes(
+    served: tuple[str, dict[str, str]],
+) -> None:
+    """Given 30 calls spread over 2 gunicorn processes, every scrape counts all 30."""
+    base, _ = served
+    for _ in range(30):
+        assert call(base, "GET", "/api/preview/job/none")[0] == 404
+    line = 'flask_http_request_total{method="GET",status="404"} 30.0'
+    assert all(line in scrape(base) for _ in range(6))
+
+
 def test_redis_stopped_gives_503_and_service_recovers(
     served: tuple[str, dict[str, str]], redis_server: EmbeddedRedis
 ) -> None:
