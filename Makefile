@@ -18,9 +18,9 @@ $(INSTALLED): setup.cfg pyproject.toml
 
 install: $(INSTALLED)
 
-# Workers on high, normal and low; an embedded Redis under DATA_DIR when REDIS_URL is unset.
+# The API, workers on high, normal and low, and an embedded Redis when REDIS_URL is unset.
 run: $(INSTALLED)
-	$(BIN)/preview-worker worker
+	$(BIN)/preview-worker run
 
 # The tests start their own private redis-server (see tests/conftest.py).
 test: $(INSTALLED)
@@ -34,6 +34,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -340,6 +342,31 @@ def serve(settings: Settings, bind: str, workers: int, dev: bool) -> None:
     from preview_worker.server import serve_with_gunicorn
 
     serve_with_gunicorn(bind, workers)
+
+
+@cli.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address of the API.")
+@click.pass_obj
+def run(settings: Settings, bind: str) -> None:
+    """Run the whole service: the API (gunicorn), a worker pool, and Redis if none is set."""
+    from preview_worker.worker import WorkerPool
+
+    with service_redis(settings) as url:
+        api = subprocess.Popen(
+            [sys.executable, "-m", "preview_worker", "serve", "--bind", bind],
+            env={**os.environ, "REDIS_URL": url},
+        )
+        click.echo(f"API on http://{bind}/api/preview, dashboard on http://{bind}/rq/")
+        try:
+            WorkerPool(
+                redis_url=url,
+                settings=settings,
+                concurrency=settings.worker_concurrency,
+                max_jobs=settings.worker_max_jobs,
+            ).run()
+        finally:
+            api.terminate()  # gunicorn drains its requests on SIGTERM
+            api.wait(30)
 
 
 @cli.group()
