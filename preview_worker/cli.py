@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -152,6 +153,12 @@ def service_redis(settings: Settings) -> Iterator[str]:
         yield settings.redis_url
         return
     url_file = development_url_file(settings.data_dir)
+    running = running_development_url(settings.data_dir)
+    if running and _answers(running):
+        raise click.ClickException(
+            f"a development service already runs on this DATA_DIR (Redis at {running}); "
+            "stop it first, or set REDIS_URL to share its Redis"
+        )
     with EmbeddedRedis(data_dir=url_file.parent, persistent=True) as server:
         url_file.write_text(server.url, "utf-8")
         click.echo(f"started an embedded Redis at {server.url} (set REDIS_URL to use your own)")
@@ -159,6 +166,22 @@ def service_redis(settings: Settings) -> Iterator[str]:
             yield server.url
         finally:
             url_file.unlink(missing_ok=True)
+
+
+def _answers(url: str) -> bool:
+    """Tell whether a Redis answers at a URL."""
+    with queueing.connect(url) as connection:
+        try:
+            return bool(connection.ping())
+        except redis.RedisError:
+            return False
+
+
+def _port_is_free(bind: str) -> bool:
+    """Tell whether nothing listens on a host:port yet."""
+    host, _, port = bind.rpartition(":")
+    with socket.socket() as probe:
+        return probe.connect_ex((host or "127.0.0.1", int(port))) != 0
 
 
 def connection_of(settings: Settings) -> redis.Redis:
@@ -351,12 +374,19 @@ def run(settings: Settings, bind: str) -> None:
     """Run the whole service: the API (gunicorn), a worker pool, and Redis if none is set."""
     from preview_worker.worker import WorkerPool
 
+    if not _port_is_free(bind):
+        raise click.ClickException(f"something already listens on {bind}: is the service running?")
     with service_redis(settings) as url:
         api = subprocess.Popen(
             [sys.executable, "-m", "preview_worker", "serve", "--bind", bind],
             env={**os.environ, "REDIS_URL": url},
         )
-        click.echo(f"API on http://{bind}/api/preview, dashboard on http://{bind}/rq/")
+        base = f"http://{bind}"
+        click.echo(f"API        {base}/api/preview/job\n"
+                   f"dashboard  {base}/rq/\n"
+                   f"metrics    {base}/metrics\n"
+                   f"health     {base}/api/preview/worker/health\n"
+                   "Ctrl-C stops it all.")
         try:
             WorkerPool(
                 redis_url=url,
@@ -367,6 +397,9 @@ def run(settings: Settings, bind: str) -> None:
         finally:
             api.terminate()  # gunicorn drains its requests on SIGTERM
             api.wait(30)
+
+
+cli.add_command(run, name="dev")
 
 
 @cli.group()

@@ -55,6 +55,14 @@ def test_one_command_runs_api_worker_and_redis_and_stops_cleanly(tmp_path: Path)
         link = status["result"]["artifacts"][0]["url"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{link}", timeout=10) as artifact:
             assert artifact.status == 200 and artifact.read()
+        for bind, says in ((f"127.0.0.1:{free_port()}", "already runs on this DATA_DIR"),
+                           (f"127.0.0.1:{port}", "already listens")):
+            second = subprocess.run(
+                [str(Path(sys.executable).parent / "preview-worker"), "run", "--bind", bind],
+                env={**environment, "DATA_DIR": str(tmp_path / "data")},
+                capture_output=True, text=True, timeout=30,
+            )
+            assert second.returncode == 1 and says in second.stderr
     finally:
         service.send_signal(signal.SIGTERM)
         assert service.wait(60) == 0
