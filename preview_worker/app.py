@@ -18,7 +18,7 @@ from preview_worker import queueing
 from preview_worker.embedded_redis import running_development_url
 from preview_worker.logs import configure_logging
 from preview_worker.settings import Settings, SettingsError, load_settings
-from preview_worker.signing import ArtifactSigner
+from preview_worker.signing import ArtifactSigner, signer_for
 from preview_worker.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 # Our own names for a few of werkzeug's errors, so one fault has one code however it arises.
 ERROR_CODES = {413: "payload_too_large"}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-DEVELOPMENT_SIGNING_KEY = "development-only-signing-key"  # noqa: S105 - refused in production
 # Artifacts carry a signature of their own instead of a token.
 SIGNED_ENDPOINTS = {"preview.artifact"}
 # Probes and scrapers, open without a token unless PREVIEW_OPEN_PROBES=false.
@@ -59,9 +58,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         settings=settings,
         connection=queueing.connect(redis_url),
         store=ArtifactStore(settings.data_dir),
-        signer=ArtifactSigner(
-            settings.signing_key or DEVELOPMENT_SIGNING_KEY, settings.artifact_url_ttl
-        ),
+        signer=signer_for(settings),
     )
     if not app.config.get("TESTING"):
         configure_logging(settings.log_level)

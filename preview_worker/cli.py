@@ -284,23 +284,48 @@ def enqueue(settings: Settings, paths: tuple[str, ...], priority: str | None, wa
         submissions.append(submission)
         click.echo(f"{result.name}: {submission.job_id} {submission.status}"
                    f"{' (duplicate)' if submission.duplicate else ''} on {submission.queue}")
-    if wait and not all(wait_for(connection, s.job_id) == "finished" for s in submissions):
-        sys.exit(EXIT_INVALID)
+    if wait:
+        statuses = wait_for_all(connection, settings, [s.job_id for s in submissions])
+        print_summary(settings, statuses)
+        if any(status["status"] != "finished" for status in statuses.values()):
+            sys.exit(EXIT_INVALID)
 
 
-def wait_for(connection: redis.Redis, job_id: str) -> str:
-    """Poll a job until it ends; print and return its final status."""
-    delay = 0.1
-    while True:
-        status = queueing.job_status(connection, job_id)
-        ended = status["status"] in ("finished", "canceled") or status["deadLettered"]
-        if ended:
-            error = status["error"]
-            reason = f": {error['type']}: {error['message']}" if error else ""
-            click.echo(f"{job_id}: {status['status']}{reason}")
-            return str(status["status"])
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+def wait_for_all(
+    connection: redis.Redis, settings: Settings, job_ids: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Show a progress bar until every job has ended; return their final statuses."""
+    ended: dict[str, dict[str, Any]] = {}
+    with click.progressbar(length=len(job_ids), label="rendering", file=sys.stderr) as bar:
+        while len(ended) < len(job_ids):
+            for job_id in job_ids:
+                status = ended.get(job_id) or queueing.job_status(connection, job_id)
+                if job_id not in ended and queueing.has_ended(status):
+                    ended[job_id] = status
+                    bar.update(1)
+            time.sleep(0.2)
+    return ended
+
+
+def print_summary(settings: Settings, statuses: dict[str, dict[str, Any]]) -> None:
+    """Print how the jobs ended: counts, then each job's artifacts or why it failed."""
+    from preview_worker.signing import signer_for
+
+    signer = signer_for(settings)
+    counts = {"finished": 0, "dead-lettered": 0, "canceled": 0}
+    for job_id, status in statuses.items():
+        if status["status"] == "finished":
+            counts["finished"] += 1
+            result = status["result"]
+            for artifact in result["artifacts"] if not result["dryRun"] else []:
+                token = signer.token(result["artifactHash"], artifact["name"])
+                click.echo(f"{job_id}: /api/preview/artifacts/{result['artifactHash']}/"
+                           f"{artifact['name']}?token={token}")
+        else:
+            counts["dead-lettered" if status["deadLettered"] else "canceled"] += 1
+            error = status["error"] or {}
+            click.echo(f"{job_id}: {status['status']}: {error.get('type')}: {error.get('message')}")
+    click.echo(", ".join(f"{count} {name}" for name, count in counts.items()))
 
 
 @cli.command()

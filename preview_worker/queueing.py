@@ -287,6 +287,11 @@ def _failure_from_result(job: Job) -> dict[str, str]:
     return {"type": kind.rsplit(".", 1)[-1], "message": message[:1000]}
 
 
+def has_ended(status: dict[str, Any]) -> bool:
+    """Tell whether a status answer is final: finished, dead-lettered or canceled."""
+    return bool(status["status"] in ("finished", "canceled") or status["deadLettered"])
+
+
 def cancel(connection: redis.Redis, job_id: str) -> str:
     """Cancel a waiting job or stop a running one; return the status it now has."""
     job = get_job(connection, job_id)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from preview_worker.settings import Settings
+
 SALT = "preview-artifact"
+DEVELOPMENT_SIGNING_KEY = "development-only-signing-key"  # noqa: S105 - refused in production
 
 
 class ArtifactSigner:
@@ -25,3 +28,9 @@ class ArtifactSigner:
         except BadSignature:  # altered, for another key, or expired (SignatureExpired)
             return False
         return bool(granted == f"{digest}/{name}")
+
+
+def signer_for(settings: Settings) -> ArtifactSigner:
+    """Return the signer of artifact URLs the settings call for."""
+    key = settings.signing_key or DEVELOPMENT_SIGNING_KEY
+    return ArtifactSigner(key, settings.artifact_url_ttl)

@@ -97,7 +97,10 @@ def test_enqueue_wait_and_the_dead_letter_commands(
     try:
         done = runner.invoke(cli, ["enqueue", "--wait", FULL])
         assert done.exit_code == 0, done.output
-        assert done.output.splitlines()[-1].endswith(": finished")
+        lines = done.stdout.splitlines()
+        assert lines[-1] == "1 finished, 0 dead-lettered, 0 canceled"
+        assert sum("/api/preview/artifacts/" in line for line in lines) == 2
+        assert "rendering" in done.stderr  # the progress bar
     finally:
         stop(worker)
     [letter] = json.loads(runner.invoke(cli, ["dlq", "list"]).output)

@@ -39,8 +39,7 @@ def status_of(connection: redis.Redis, job_id: str) -> dict[str, Any]:
 
 def has_ended(connection: redis.Redis, job_id: str) -> bool:
     """Tell whether a job finished, was dead-lettered or was canceled."""
-    status = status_of(connection, job_id)
-    return bool(status["status"] in ("finished", "canceled") or status["deadLettered"])
+    return queueing.has_ended(status_of(connection, job_id))
 
 
 def is_rendering(connection: redis.Redis, job_id: str) -> bool:
