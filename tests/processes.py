@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from preview_worker.embedded_redis import free_port
 
 BIN = Path(sys.executable).parent
 
@@ -66,3 +70,32 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
     return time.monotonic() - start
+
+
+def answers(url: str) -> bool:
+    """Tell whether an HTTP URL answers at all."""
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def serving(environment: dict[str, str], workers: int) -> Iterator[str]:
+    """Run `preview-worker serve` (gunicorn) on a free port; yield its base URL, then stop it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "preview-worker"), "serve", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(workers)],
+        env={**os.environ, **environment},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: answers(base + "/api/preview/metrics"), 30, "preview-worker serve")
+        yield base
+    finally:
+        stop(server)

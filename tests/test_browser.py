@@ -6,11 +6,7 @@ own browser downloads are never used. Without either, the whole module skips.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,12 +32,11 @@ from playwright.sync_api import (  # noqa: E402
 )
 
 from preview_worker import queueing  # noqa: E402
-from preview_worker.embedded_redis import free_port  # noqa: E402
 from preview_worker.render import render_preview_files  # noqa: E402
 from preview_worker.settings import load_settings  # noqa: E402
 
 from .conftest import load_payload, payload, service_environment  # noqa: E402
-from .processes import stop, wait_until  # noqa: E402
+from .processes import serving  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless with no sandbox (we may run as root), and none of Chromium's own calls home:
@@ -266,27 +261,8 @@ def dashboard(redis_url: str, redis_client: redis.Redis, data_dir: Path) -> Iter
             )
     finally:
         connection.close()
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "preview-worker"), "serve",
-               "--bind", f"127.0.0.1:{port}", "--workers", "1"]
-    server = subprocess.Popen(
-        command, env={**os.environ, **environment}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            urllib.request.urlopen(base + "/api/preview/metrics", timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    try:
-        wait_until(answers, 30, "preview-worker serve")
+    with serving(environment, workers=1) as base:
         yield base
-    finally:
-        stop(server)
 
 
 def is_favicon_404(error: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 from preview_worker.embedded_redis import free_port
 
 from .conftest import payload
-from .processes import wait_until
+from .processes import answers, wait_until
 
 
 def fetch(url: str, body: Any = None) -> Any:
@@ -48,7 +48,7 @@ def test_one_command_runs_api_worker_and_redis_and_stops_cleanly(tmp_path: Path)
     )
     base = f"http://127.0.0.1:{port}/api/preview"
     try:
-        wait_until(lambda: _answers(base + "/metrics"), 60, "the API")
+        wait_until(lambda: answers(base + "/metrics"), 60, "the API")
         job = fetch(base + "/job", payload())
         wait_until(lambda: fetch(f"{base}/job/{job['jobId']}")["status"] == "finished", 60, "job")
         status = fetch(f"{base}/job/{job['jobId']}")
@@ -68,11 +68,3 @@ def test_one_command_runs_api_worker_and_redis_and_stops_cleanly(tmp_path: Path)
         assert service.wait(60) == 0
     wait_until(lambda: group_is_gone(service.pid), 30, "every process to exit")
 
-
-def _answers(url: str) -> bool:
-    """Tell whether a URL answers at all."""
-    try:
-        urllib.request.urlopen(url, timeout=1).close()
-        return True
-    except OSError:
-        return False

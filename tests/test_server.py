@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from preview_worker.embedded_redis import EmbeddedRedis, free_port
+from preview_worker.embedded_redis import EmbeddedRedis
 
 from .conftest import payload, service_environment
-from .processes import start_worker, stop, wait_until
+from .processes import serving, start_worker, stop, wait_until
 
 TOKEN = "server-token-0123456789"
 
@@ -60,27 +60,8 @@ def served(redis_server: EmbeddedRedis, data_dir: Path) -> Iterator[tuple[str, d
     environment = service_environment(
         redis_server.url, data_dir, PREVIEW_API_TOKENS=TOKEN, PREVIEW_RETRY_MAX="0"
     )
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "preview-worker"), "serve",
-               "--bind", f"127.0.0.1:{port}", "--workers", "2"]
-    server = subprocess.Popen(
-        command, env={**os.environ, **environment}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            urllib.request.urlopen(base + "/api/preview/metrics", timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    try:
-        wait_until(answers, 30, "gunicorn")
+    with serving(environment, workers=2) as base:
         yield base, environment
-    finally:
-        stop(server)
 
 
 def test_jobs_through_gunicorn_and_a_worker_show_in_metrics(
