@@ -12,8 +12,9 @@ from typing import Any
 
 import redis
 from rq.job import Job
+from rq.utils import utcformat
 
-from preview_worker import metrics, retries
+from preview_worker import keys, metrics, retries
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,30 @@ def duration_of(job: Job) -> float | None:
     return None
 
 
+def end_key(job: Job) -> str:
+    """Name one end of a job: a requeued or resubmitted job ends anew."""
+    return f"{job.id}@{utcformat(job.enqueued_at) if job.enqueued_at else ''}"
+
+
 def record_end(
     connection: redis.Redis, job: Job, outcome: str, duration: float | None = None
 ) -> None:
-    """Stop recovery watching a job that ended, and count its outcome unless already counted.
+    """Count a job's end unless it was counted already.
 
-    Hooks, cancel and recovery may all see the same end; only the first counts it.
+    Hooks, cancel and recovery may all see the same end; only the first counts it. Hooks run
+    before RQ saves the job's new status, so they leave forgetting the job to recovery,
+    which sees the saved status; a worker killed in between leaves a job recovery still
+    watches.
     """
-    metrics.record_outcome(connection, job.origin, outcome, duration, settle=job.id)
+    metrics.record_outcome(connection, job.origin, outcome, duration, settle=end_key(job))
+
+
+def forget(connection: redis.Redis, job: Job) -> None:
+    """Stop watching a job whose end is saved, and drop the mark that it was counted."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.zrem(keys.ACCEPTED, job.id)
+        pipe.hdel(keys.COUNTED, end_key(job))
+        pipe.execute()
 
 
 def on_success(job: Job, connection: redis.Redis, result: Any) -> None:

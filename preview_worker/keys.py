@@ -13,6 +13,8 @@ DURATIONS = f"{PREFIX}:durations:{{queue}}"
 ACCEPTED = f"{PREFIX}:accepted"
 # A stop asked of a running job, kept for recovery in case its worker died meanwhile.
 STOP_REQUESTED = f"{PREFIX}:stop:{{job_id}}"
+# Ends of jobs already counted: field "<job id>@<enqueued at>" -> 1, so each end counts once.
+COUNTED = f"{PREFIX}:counted"
 # Accepted jobs seen queued but on no queue: id -> first seen at (epoch s).
 MISSING = f"{PREFIX}:missing"
 # Lock taken while a dead-lettered or canceled job is replaced by a new attempt.

@@ -28,7 +28,7 @@ def _bound_name(bound: float) -> str:
 
 # One round trip per job end: claim it (when asked), count it, add its duration.
 RECORD = """
-if ARGV[4] ~= '' and redis.call('ZREM', KEYS[3], ARGV[4]) == 0 then return 0 end
+if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], 1) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 if ARGV[2] ~= '' then
   redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
@@ -48,8 +48,8 @@ def record_outcome(
 ) -> bool:
     """Count one outcome of a job on a queue (and its duration); never raise.
 
-    With settle=job id, the job is also removed from the accepted jobs, and the outcome
-    counts only if this call removed it: each job's end is counted once, whoever sees it.
+    With settle=the key of a job's end, the outcome counts only if nobody counted that
+    end before: each end is counted once, whoever sees it (a hook, cancel, recovery).
     """
     bucket, seconds = "", ""
     if duration is not None:
@@ -58,7 +58,7 @@ def record_outcome(
     try:
         script = connection.register_script(RECORD)
         counted = script(
-            keys=[keys.OUTCOMES, keys.durations_key(queue), keys.ACCEPTED],
+            keys=[keys.OUTCOMES, keys.durations_key(queue), keys.COUNTED],
             args=[f"{queue}|{outcome}", bucket, seconds, settle or ""],
         )
         return bool(counted)

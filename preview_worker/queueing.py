@@ -314,6 +314,7 @@ def cancel(connection: redis.Redis, job_id: str) -> str:
             except WatchError:
                 continue
     hooks.record_end(connection, job, "canceled")
+    hooks.forget(connection, job)
     return JobStatus.CANCELED.value
 
 

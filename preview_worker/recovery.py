@@ -77,7 +77,7 @@ class Sighting:
     start_by: float  # epoch seconds by which it had to start
 
 
-# What an ended job that no hook settled counts as (its hook died with its worker).
+# What an ended job counts as, if its hook did not count it (it died with its worker).
 ENDED_OUTCOMES = {
     JobStatus.FINISHED.value: "succeeded",
     JobStatus.FAILED.value: "dead_lettered",
@@ -160,6 +160,7 @@ def _recover_one(
     elif status in ENDED_OUTCOMES:
         job = Job.fetch(job_id, connection=connection)
         hooks.record_end(connection, job, ENDED_OUTCOMES[status])
+        hooks.forget(connection, job)
     elif status == JobStatus.QUEUED.value:
         if on_queue and not sighting.started and sighting.start_by < time.time():
             _expire(connection, Job.fetch(job_id, connection=connection), report)
@@ -251,4 +252,5 @@ def _dead_letter(
         )
         pipe.execute()
     hooks.record_end(connection, job, "canceled" if why == STOPPED_WHILE_DEAD else "dead_lettered")
+    hooks.forget(connection, job)
     report.dead_lettered.append(job.id)

@@ -147,3 +147,15 @@ def test_a_foreign_workers_job_waits_for_its_timeout(
     silent = timedelta(seconds=(job.timeout or 0) + 61)
     job.heartbeat(datetime.now(timezone.utc) - silent, ttl=60)
     assert recovery.recover(redis_client).retried == [job_id]
+
+
+def test_a_job_whose_worker_died_after_its_hook_is_still_recovered(
+    redis_client: redis.Redis, job_id: str
+) -> None:
+    """Given a success hook that ran before its worker died unsaved, recovery still retries it."""
+    from preview_worker import hooks
+
+    start_and_die(redis_client, job_id, "preview-gone-1-0")
+    hooks.record_end(redis_client, Job.fetch(job_id, connection=redis_client), "succeeded")
+    assert redis_client.zscore(keys.ACCEPTED, job_id) is not None, "a hook forgets nothing"
+    assert recovery.recover(redis_client).retried == [job_id]
