@@ -200,3 +200,33 @@ def test_sigterm_lets_the_running_job_finish(
         stop(worker)
     assert status_of(redis_client, running)["status"] == "finished"
     assert status_of(redis_client, waiting)["status"] == "queued"
+
+
+def test_fifty_threads_submitting_one_key_while_workers_run_make_one_render(
+    redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
+) -> None:
+    """Given 50 threads posting one idempotency key as workers run, one job renders once."""
+    import threading
+
+    worker = start_worker(service_environment(redis_url, data_dir), "--concurrency", "2")
+    barrier = threading.Barrier(50)
+    results: list[queueing.Submission] = []
+
+    def submit() -> None:
+        with queueing.connect(redis_url) as connection:
+            barrier.wait()
+            results.append(queueing.submit(connection, settings, payload(idempotencyKey="same")))
+
+    try:
+        threads = [threading.Thread(target=submit) for _ in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wait_until(lambda: has_ended(redis_client, "same"), 60, "the one job")
+    finally:
+        stop(worker)
+    assert [result.duplicate for result in results].count(False) == 1
+    status = status_of(redis_client, "same")
+    assert status["status"] == "finished" and status["attempts"] == 1
+    assert len(list(data_dir.rglob("manifest.json"))) == 1
