@@ -64,9 +64,9 @@ def submit_job() -> Response:
     if problems:
         details = [problem.as_dict() for problem in problems]
         return error_response(422, "invalid_payload", "the payload is invalid", details=details)
-    queue = queueing.queue_name(settings, payload.get("priority", queueing.DEFAULT_PRIORITY))
-    job_id = queueing.job_id_for(payload, settings.queue_name)
     if request.args.get("dryRun", "").lower() in ("1", "true"):
+        queue = queueing.queue_name(settings, payload.get("priority", queueing.DEFAULT_PRIORITY))
+        job_id = queueing.job_id_for(payload, settings.queue_name)
         return answer({"valid": True, "jobId": job_id, "queue": queue})
     try:
         submission = queueing.submit(shared().connection, settings, payload, g.request_id)
@@ -130,24 +130,25 @@ def list_dead_letters() -> Response:
     return answer({"jobs": letters, "count": len(letters)})
 
 
+def on_dead_letter(operation: dead_letters.Operation, job_id: str, status: str) -> Response:
+    """Apply a dead-letter operation to one job; 404 when it is not dead-lettered."""
+    try:
+        operation(shared().connection, shared().settings, checked_job_id(job_id))
+    except dead_letters.NotDeadLettered as error:
+        return error_response(404, "not_found", str(error))
+    return answer({"jobId": job_id, "status": status})
+
+
 @blueprint.post("/dlq/<job_id>/requeue")
 def requeue_dead_letter(job_id: str) -> Response:
     """Put a dead-lettered job back on its queue with fresh retries."""
-    try:
-        dead_letters.requeue(shared().connection, shared().settings, checked_job_id(job_id))
-    except dead_letters.NotDeadLettered as error:
-        return error_response(404, "not_found", str(error))
-    return answer({"jobId": job_id, "status": "queued"})
+    return on_dead_letter(dead_letters.requeue, job_id, "queued")
 
 
 @blueprint.delete("/dlq/<job_id>")
 def purge_dead_letter(job_id: str) -> Response:
     """Delete a dead-lettered job for good."""
-    try:
-        dead_letters.purge(shared().connection, shared().settings, checked_job_id(job_id))
-    except dead_letters.NotDeadLettered as error:
-        return error_response(404, "not_found", str(error))
-    return answer({"jobId": job_id, "status": "purged"})
+    return on_dead_letter(dead_letters.purge, job_id, "purged")
 
 
 @blueprint.get("/artifacts/<digest>/<name>")

@@ -15,7 +15,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from preview_worker import queueing
-from preview_worker.embedded_redis import running_development_url
+from preview_worker.embedded_redis import known_redis_url
 from preview_worker.logs import configure_logging
 from preview_worker.settings import Settings, SettingsError, load_settings
 from preview_worker.signing import ArtifactSigner, signer_for
@@ -50,8 +50,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.config.update(config)
-    redis_url = app.config.get("REDIS_URL") or settings.redis_url
-    redis_url = redis_url or running_development_url(settings.data_dir)
+    redis_url = app.config.get("REDIS_URL") or known_redis_url(settings)
     if not redis_url:
         raise SettingsError("REDIS_URL is not set and no development Redis is running")
     app.extensions["preview"] = Preview(

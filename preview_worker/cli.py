@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from preview_worker import dead_letters, queueing, recovery
 from preview_worker.embedded_redis import (
     EmbeddedRedis,
     development_url_file,
+    known_redis_url,
     running_development_url,
 )
 from preview_worker.schema import (
@@ -138,7 +139,7 @@ def validate(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
 
 def redis_url_of(settings: Settings) -> str:
     """Return REDIS_URL, else the URL of the development Redis a running service started."""
-    url = settings.redis_url or running_development_url(settings.data_dir)
+    url = known_redis_url(settings)
     if url:
         return url
     raise click.ClickException(
@@ -439,11 +440,12 @@ def dlq_list(settings: Settings) -> None:
     echo_json(dead_letters.list_dead_letters(connection_of(settings), settings))
 
 
-DeadLetterOperation = Callable[[redis.Redis, Settings, str | None], list[str]]
-
-
 def run_on_dead_letters(
-    settings: Settings, operation: DeadLetterOperation, job_id: str | None, every: bool, verb: str
+    settings: Settings,
+    operation: dead_letters.Operation,
+    job_id: str | None,
+    every: bool,
+    verb: str,
 ) -> None:
     """Apply a dead-letter operation to one job id or, with --all, to every dead letter."""
     if (job_id is None) == (not every):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -13,6 +14,9 @@ from rq.registry import FailedJobRegistry
 from preview_worker import keys, queueing
 from preview_worker.retries import backoff_delays
 from preview_worker.settings import Settings
+
+# requeue and purge: (connection, settings, one job id or None for all) -> ids done.
+Operation = Callable[[redis.Redis, Settings, str | None], list[str]]
 
 
 class NotDeadLettered(LookupError):

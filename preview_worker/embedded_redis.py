@@ -13,6 +13,8 @@ from types import TracebackType
 
 import redis
 
+from preview_worker.settings import Settings
+
 START_TIMEOUT = 10.0  # seconds to wait for a new server to answer PING
 STOP_TIMEOUT = 10.0  # seconds to wait for a server to exit after SIGTERM
 
@@ -156,3 +158,8 @@ def running_development_url(data_dir: Path) -> str | None:
     """Return the URL of the development Redis a running service started, if there is one."""
     url_file = development_url_file(data_dir)
     return url_file.read_text("utf-8").strip() if url_file.is_file() else None
+
+
+def known_redis_url(settings: Settings) -> str | None:
+    """Return REDIS_URL, else the URL of a development Redis the service runs, else None."""
+    return settings.redis_url or running_development_url(settings.data_dir)

@@ -26,9 +26,14 @@ def duration_of(job: Job) -> float | None:
     return None
 
 
-def end_key(job: Job) -> str:
-    """Name one end of a job: a requeued or resubmitted job ends anew."""
-    return f"{job.id}@{utcformat(job.enqueued_at) if job.enqueued_at else ''}"
+def end_key(job_id: str, enqueued_at: str) -> str:
+    """Name one end of a job: a requeued or resubmitted job, enqueued anew, ends anew."""
+    return f"{job_id}@{enqueued_at}"
+
+
+def end_key_of(job: Job) -> str:
+    """Name the end of a job's current enqueueing, as RQ records its enqueue time."""
+    return end_key(job.id, utcformat(job.enqueued_at) if job.enqueued_at else "")
 
 
 def record_end(
@@ -41,14 +46,14 @@ def record_end(
     which sees the saved status; a worker killed in between leaves a job recovery still
     watches.
     """
-    metrics.record_outcome(connection, job.origin, outcome, duration, settle=end_key(job))
+    metrics.record_outcome(connection, job.origin, outcome, duration, settle=end_key_of(job))
 
 
-def forget(connection: redis.Redis, job: Job) -> None:
+def forget(connection: redis.Redis, job_id: str, key: str) -> None:
     """Stop watching a job whose end is saved, and drop the mark that it was counted."""
     with connection.pipeline(transaction=False) as pipe:
-        pipe.zrem(keys.ACCEPTED, job.id)
-        pipe.hdel(keys.COUNTED, end_key(job))
+        pipe.zrem(keys.ACCEPTED, job_id)
+        pipe.hdel(keys.COUNTED, key)
         pipe.execute()
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from flask import g, has_request_context
 from pythonjsonlogger.json import JsonFormatter
+from rq import get_current_job
 
 FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -20,9 +22,6 @@ class RequestIdFilter(logging.Filter):
 
 def current_ids() -> tuple[str | None, str | None]:
     """Return the request id and job id of the request or job this thread serves."""
-    from flask import g, has_request_context
-    from rq import get_current_job
-
     if has_request_context():
         return g.get("request_id"), None
     job = get_current_job()

@@ -111,19 +111,26 @@ def job_id_for(payload: dict[str, Any], namespace: str = "") -> str:
     return f"{namespace}-{key}" if namespace else key
 
 
+def _count_queued(pipe: redis.client.Pipeline, settings: Settings) -> None:
+    """Ask a pipeline for the length of every queue (LLEN: cheap and read-only)."""
+    for name in queue_names(settings):
+        pipe.llen(Queue.redis_queue_namespace_prefix + name)
+
+
 def queued_count(connection: redis.Redis, settings: Settings) -> int:
-    """Return how many jobs wait on all the queues (LLEN: cheap and read-only)."""
-    return _look(connection, settings, None)[1]
+    """Return how many jobs wait on all the queues."""
+    with connection.pipeline(transaction=False) as pipe:
+        _count_queued(pipe, settings)
+        return sum(pipe.execute())
 
 
-def _look(connection: redis.Redis, settings: Settings, job_id: str | None) -> tuple[str, int]:
+def _look(connection: redis.Redis, settings: Settings, job_id: str) -> tuple[str, int]:
     """Read a job's status (empty when there is none) and the queued count in one trip."""
     with connection.pipeline(transaction=False) as pipe:
-        pipe.hget(Job.key_for(job_id or "-"), "status")
-        for queue in queues(connection, settings):
-            pipe.llen(queue.key)
+        pipe.hget(Job.key_for(job_id), "status")
+        _count_queued(pipe, settings)
         status, *lengths = pipe.execute()
-    return (status.decode() if status and job_id else ""), sum(lengths)
+    return (status.decode() if status else ""), sum(lengths)
 
 
 def submit(
@@ -314,7 +321,7 @@ def cancel(connection: redis.Redis, job_id: str) -> str:
             except WatchError:
                 continue
     hooks.record_end(connection, job, "canceled")
-    hooks.forget(connection, job)
+    hooks.forget(connection, job.id, hooks.end_key_of(job))
     return JobStatus.CANCELED.value
 
 

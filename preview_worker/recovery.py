@@ -75,6 +75,7 @@ class Sighting:
     origin: str
     started: bool  # whether any attempt ever started
     start_by: float  # epoch seconds by which it had to start
+    enqueued_at: str  # as RQ recorded it: with the id, it names this end of the job
 
 
 # What an ended job counts as, if its hook did not count it (it died with its worker).
@@ -114,7 +115,9 @@ def _sight(connection: redis.Redis, accepted: list[tuple[bytes, float]]) -> list
     """Read status, queue and start of many jobs in one round trip."""
     with connection.pipeline(transaction=False) as pipe:
         for raw_id, _ in accepted:
-            pipe.hmget(Job.key_for(keys.text(raw_id)), "status", "origin", "started_at")
+            pipe.hmget(
+                Job.key_for(keys.text(raw_id)), "status", "origin", "started_at", "enqueued_at"
+            )
         rows = pipe.execute()
     return [
         Sighting(
@@ -123,8 +126,11 @@ def _sight(connection: redis.Redis, accepted: list[tuple[bytes, float]]) -> list
             keys.text(origin or b""),
             bool(started),
             start_by,
+            keys.text(enqueued or b""),
         )
-        for (raw_id, start_by), (status, origin, started) in zip(accepted, rows, strict=True)
+        for (raw_id, start_by), (status, origin, started, enqueued) in zip(
+            accepted, rows, strict=True
+        )
     ]
 
 
@@ -158,9 +164,10 @@ def _recover_one(
         connection.zrem(keys.ACCEPTED, job_id)
         report.forgotten.append(job_id)
     elif status in ENDED_OUTCOMES:
-        job = Job.fetch(job_id, connection=connection)
-        hooks.record_end(connection, job, ENDED_OUTCOMES[status])
-        hooks.forget(connection, job)
+        # Counted by its hook already, unless that died with its worker: count it then.
+        key = hooks.end_key(job_id, sighting.enqueued_at)
+        metrics.record_outcome(connection, sighting.origin, ENDED_OUTCOMES[status], settle=key)
+        hooks.forget(connection, job_id, key)
     elif status == JobStatus.QUEUED.value:
         if on_queue and not sighting.started and sighting.start_by < time.time():
             _expire(connection, Job.fetch(job_id, connection=connection), report)
@@ -252,5 +259,5 @@ def _dead_letter(
         )
         pipe.execute()
     hooks.record_end(connection, job, "canceled" if why == STOPPED_WHILE_DEAD else "dead_lettered")
-    hooks.forget(connection, job)
+    hooks.forget(connection, job.id, hooks.end_key_of(job))
     report.dead_lettered.append(job.id)

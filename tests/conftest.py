@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from preview_worker import queueing
 from preview_worker.embedded_redis import EmbeddedRedis
+from preview_worker.queueing import Submission
 from preview_worker.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +97,24 @@ def load_payload(name: str) -> dict[str, Any]:
 def payload(**changes: Any) -> dict[str, Any]:
     """Return the minimal example payload with some top-level fields changed."""
     return {**load_payload(MINIMAL), **changes}
+
+
+def submit_together(
+    redis_url: str, settings: Settings, submitted: dict[str, Any], count: int
+) -> list[Submission]:
+    """Submit one payload from count threads at once, each on a connection of its own."""
+    barrier = threading.Barrier(count)
+    submissions: list[Submission] = []
+
+    def submit() -> None:
+        """Wait for every thread, then submit."""
+        with queueing.connect(redis_url) as connection:
+            barrier.wait()
+            submissions.append(queueing.submit(connection, settings, submitted))
+
+    threads = [threading.Thread(target=submit) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return submissions

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from preview_worker import dead_letters, metrics, queueing, retries
 from preview_worker.settings import Settings, get_settings, load_settings
 from preview_worker.worker import PreviewWorker
 
-from .conftest import payload, service_environment
+from .conftest import payload, service_environment, submit_together
 
 
 def queue_lengths(connection: redis.Redis, settings: Settings) -> dict[str, int]:
@@ -98,20 +97,7 @@ def test_concurrent_duplicates_make_exactly_one_job(
     redis_client: redis.Redis, redis_url: str, settings: Settings
 ) -> None:
     """Given 40 simultaneous submissions of one key, exactly one is new and one job is queued."""
-    barrier = threading.Barrier(40)
-    submissions: list[queueing.Submission] = []
-
-    def submit() -> None:
-        """Submit the keyed payload on a connection of its own once all threads are ready."""
-        with queueing.connect(redis_url) as connection:
-            barrier.wait()
-            submissions.append(queueing.submit(connection, settings, payload(idempotencyKey="k")))
-
-    threads = [threading.Thread(target=submit) for _ in range(40)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    submissions = submit_together(redis_url, settings, payload(idempotencyKey="k"), 40)
     assert len(submissions) == 40
     assert [s.duplicate for s in submissions].count(False) == 1
     assert {s.job_id for s in submissions} == {"k"}

@@ -162,6 +162,7 @@ def test_a_data_directory_that_cannot_exist_raises_a_clear_error(tmp_path: Path)
     assert entries(tmp_path) == ["not-a-directory"]
 
 
+# Root ignores directory permissions; the not-a-directory test above covers root instead.
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_a_read_only_data_directory_raises_a_clear_error(data_dir: Path) -> None:
     """Given a DATA_DIR without write permission, storing fails with StorageError."""

@@ -14,7 +14,7 @@ from rq.job import Job
 from preview_worker import metrics, queueing
 from preview_worker.settings import Settings, load_settings
 
-from .conftest import payload, service_environment
+from .conftest import payload, service_environment, submit_together
 from .processes import kill_group, start_stock_worker, start_worker, stop, wait_until
 
 QUEUES = ("high", "normal", "low")
@@ -206,23 +206,9 @@ def test_fifty_threads_submitting_one_key_while_workers_run_make_one_render(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
     """Given 50 threads posting one idempotency key as workers run, one job renders once."""
-    import threading
-
     worker = start_worker(service_environment(redis_url, data_dir), "--concurrency", "2")
-    barrier = threading.Barrier(50)
-    results: list[queueing.Submission] = []
-
-    def submit() -> None:
-        with queueing.connect(redis_url) as connection:
-            barrier.wait()
-            results.append(queueing.submit(connection, settings, payload(idempotencyKey="same")))
-
     try:
-        threads = [threading.Thread(target=submit) for _ in range(50)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = submit_together(redis_url, settings, payload(idempotencyKey="same"), 50)
         wait_until(lambda: has_ended(redis_client, "same"), 60, "the one job")
     finally:
         stop(worker)
