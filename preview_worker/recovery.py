@@ -18,6 +18,7 @@ from redis.exceptions import WatchError
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.utils import now, utcformat
 
 from preview_worker import hooks, keys, metrics
 
@@ -252,8 +253,10 @@ def _dead_letter(
     queue = Queue(job.origin, connection=connection)
     job.meta["failure"] = {"type": kind, "message": message}
     job.save_meta()
+    job.ended_at = now()  # the end a status answer reports, as for any other dead letter
     with connection.pipeline() as pipe:
         job.set_status(JobStatus.FAILED, pipeline=pipe)
+        pipe.hset(job.key, "ended_at", utcformat(job.ended_at))
         FailedJobRegistry(queue=queue).add(
             job, ttl=job.failure_ttl, exc_string=f"{kind}: {message}", pipeline=pipe
         )

@@ -76,6 +76,7 @@ def test_started_job_with_no_retries_left_is_dead_lettered(
     assert recovery.recover(redis_client).dead_lettered == [job_id]
     status = queueing.job_status(redis_client, job_id)
     assert status["deadLettered"] and status["error"]["type"] == "WorkerDied"
+    assert status["endedAt"] is not None
     assert redis_client.zscore(keys.ACCEPTED, job_id) is None
 
 
@@ -84,7 +85,10 @@ def test_job_of_a_live_worker_is_left_alone(redis_client: redis.Redis, job_id: s
     start_and_die(redis_client, job_id, "preview-alive-1-0")
     redis_client.set(keys.worker_alive_key("preview-alive-1-0"), 1, ex=10)
     assert recovery.recover(redis_client).as_dict() == {
-        "requeued": [], "retried": [], "dead_lettered": [], "forgotten": []
+        "requeued": [],
+        "retried": [],
+        "dead_lettered": [],
+        "forgotten": [],
     }
     assert Job.fetch(job_id, connection=redis_client).get_status() == JobStatus.STARTED
 
@@ -122,6 +126,7 @@ def test_a_job_that_waited_too_long_is_dead_lettered(
     assert recovery.recover(redis_client).dead_lettered == [job_id]
     status = queueing.job_status(redis_client, job_id)
     assert status["deadLettered"] and status["error"]["type"] == "QueuedTooLong"
+    assert status["endedAt"] is not None
     assert redis_client.llen("rq:queue:normal") == 0
 
 
