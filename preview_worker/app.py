@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from flask import Flask, Response, g, request
@@ -48,6 +49,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     settings: Settings = config.pop("SETTINGS", None) or load_settings()
     check_production(settings)
     app = Flask(__name__)
+    # A '//' in a path answers 404, not an HTML redirect to wherever the merged path leads.
+    app.url_map.merge_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.config.update(config)
     redis_url = app.config.get("REDIS_URL") or known_redis_url(settings)
@@ -192,9 +195,22 @@ def init_metrics(app: Flask) -> None:
 def init_dashboard(app: Flask, redis_url: str) -> None:
     """Mount rq-dashboard at /rq behind the same auth, with its writes kept off GET."""
     import rq_dashboard
+    from rq_dashboard.web import setup_rq_connection
 
+    # Its pages show the URL, masking a password in the user info but not ?password=...:
+    # that one it gets apart, as RQ_DASHBOARD_REDIS_PASSWORD.
+    parts = urlsplit(redis_url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    for name, value in query:
+        if name == "password":
+            app.config.setdefault("RQ_DASHBOARD_REDIS_PASSWORD", value)
+            kept = urlencode([(key, item) for key, item in query if key != "password"])
+            redis_url = parts._replace(query=kept).geturl()
     app.config.setdefault("RQ_DASHBOARD_REDIS_URL", [redis_url])
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
+    # Its routes without an instance number (favicon, static files, job and queue actions)
+    # use a connection only this sets up; without it they crash as a process's first call.
+    setup_rq_connection(app)
 
     @app.before_request
     def guard_dashboard_writes() -> Response | None:

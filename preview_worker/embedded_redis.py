@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import redis
 
@@ -51,10 +52,16 @@ class EmbeddedRedis:
     """A redis-server child process on a free loopback port with its own data directory."""
 
     def __init__(
-        self, data_dir: Path | None = None, persistent: bool = False, port: int = 0
+        self,
+        data_dir: Path | None = None,
+        persistent: bool = False,
+        port: int = 0,
+        password: str | None = None,
     ) -> None:
+        """Prepare a server; with a password it requires AUTH (requirepass) from clients."""
         self.binary = find_redis_server()
         self.persistent = persistent
+        self.password = password  # None: no AUTH, as development and tests usually want
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="preview-redis-"))
         self.port = port  # 0: a free one
@@ -65,8 +72,9 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        """The redis:// URL of the running server."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The redis:// URL of the running server, with its password when it has one."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
         """Start the server and wait until it answers, retrying if another took the port."""
@@ -98,13 +106,14 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--protected-mode", "yes",
             *persistence,
+            *(["--requirepass", self.password] if self.password else []),
         ]
 
     def _wait_until_ready(self) -> bool:
         """Return True once the server answers PING, False if it exited or timed out."""
         assert self.process is not None
         deadline = time.monotonic() + START_TIMEOUT
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:

@@ -8,8 +8,16 @@ from typing import Any
 
 from preview_worker.schema import load_schema
 
-STATUSES = ["queued", "started", "finished", "failed", "scheduled", "deferred", "canceled",
-            "stopped"]
+STATUSES = [
+    "queued",
+    "started",
+    "finished",
+    "failed",
+    "scheduled",
+    "deferred",
+    "canceled",
+    "stopped",
+]
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -32,7 +40,8 @@ def _rehome(node: Any) -> Any:
     if isinstance(node, dict):
         return {
             key: value.replace("#/$defs/", "#/components/schemas/")
-            if key == "$ref" else _rehome(value)
+            if key == "$ref"
+            else _rehome(value)
             for key, value in node.items()
         }
     if isinstance(node, list):
@@ -48,119 +57,247 @@ def _components() -> dict[str, Any]:
     payload.pop("$id", None)
     schemas: dict[str, Any] = {"Payload": payload, **definitions}
     text = {"type": ["string", "null"]}
-    schemas.update({
-        "Error": {
-            "type": "object",
-            "required": ["error", "message", "requestId"],
-            "properties": {
-                "error": {"type": "string"},
-                "message": {"type": "string"},
-                "requestId": text,
-                "status": {"type": "string"},
-                "details": {"type": "array", "items": {
-                    "type": "object", "required": ["path", "message"],
-                    "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
-                }},
+    schemas.update(
+        {
+            "Error": {
+                "type": "object",
+                "required": ["error", "message", "requestId"],
+                "properties": {
+                    "error": {"type": "string"},
+                    "message": {"type": "string"},
+                    "requestId": text,
+                    "status": {"type": "string"},
+                    "details": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["path", "message"],
+                            "properties": {
+                                "path": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        },
+                    },
+                },
             },
-        },
-        "Submission": {
-            "type": "object",
-            "required": ["jobId", "status", "queue", "duplicate"],
-            "properties": {"jobId": {"type": "string"}, "status": {"enum": STATUSES},
-                           "queue": {"type": "string"}, "duplicate": {"type": "boolean"}},
-        },
-        "JobStatus": {
-            "type": "object",
-            "required": ["jobId", "status", "queue", "progress", "attempts", "retriesLeft",
-                         "enqueuedAt", "startedAt", "endedAt", "result", "error",
-                         "deadLettered"],
-            "properties": {
-                "jobId": {"type": "string"}, "status": {"enum": STATUSES},
-                "queue": {"type": "string"}, "priority": text, "requestId": text,
-                "progress": {"type": ["object", "null"]},
-                "attempts": {"type": "integer"}, "retriesLeft": {"type": "integer"},
-                "enqueuedAt": text, "startedAt": text, "endedAt": text,
-                "result": {"type": ["object", "null"]},
-                "error": {"type": ["object", "null"]},
-                "deadLettered": {"type": "boolean"},
+            "Submission": {
+                "type": "object",
+                "required": ["jobId", "status", "queue", "duplicate"],
+                "properties": {
+                    "jobId": {"type": "string"},
+                    "status": {"enum": STATUSES},
+                    "queue": {"type": "string"},
+                    "duplicate": {"type": "boolean"},
+                },
             },
-        },
-        "DryRun": {
-            "type": "object",
-            "required": ["valid", "jobId", "queue"],
-            "properties": {"valid": {"const": True}, "jobId": {"type": "string"},
-                           "queue": {"type": "string"}},
-        },
-        "Object": {"type": "object"},
-    })
+            "JobStatus": {
+                "type": "object",
+                "required": [
+                    "jobId",
+                    "status",
+                    "queue",
+                    "progress",
+                    "attempts",
+                    "retriesLeft",
+                    "enqueuedAt",
+                    "startedAt",
+                    "endedAt",
+                    "result",
+                    "error",
+                    "deadLettered",
+                ],
+                "properties": {
+                    "jobId": {"type": "string"},
+                    "status": {"enum": STATUSES},
+                    "queue": {"type": "string"},
+                    "priority": text,
+                    "requestId": text,
+                    "progress": {"type": ["object", "null"]},
+                    "attempts": {"type": "integer"},
+                    "retriesLeft": {"type": "integer"},
+                    "enqueuedAt": text,
+                    "startedAt": text,
+                    "endedAt": text,
+                    "result": {"type": ["object", "null"]},
+                    "error": {"type": ["object", "null"]},
+                    "deadLettered": {"type": "boolean"},
+                },
+            },
+            "DryRun": {
+                "type": "object",
+                "required": ["valid", "jobId", "queue"],
+                "properties": {
+                    "valid": {"const": True},
+                    "jobId": {"type": "string"},
+                    "queue": {"type": "string"},
+                },
+            },
+            "Object": {"type": "object"},
+        }
+    )
     return schemas
+
+
+def _with_header(answer: dict[str, Any], name: str, description: str) -> dict[str, Any]:
+    """Add a header that the answer always carries."""
+    header = {"description": description, "required": True, "schema": {"type": "string"}}
+    return {**answer, "headers": {name: header}}
 
 
 def _paths() -> dict[str, Any]:
     """Return every call of the API with its answers."""
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    unauthorized = {"401": _error("missing or wrong bearer token")}
+    unauthorized = {
+        "401": _with_header(
+            _error("missing or wrong bearer token"),
+            "WWW-Authenticate",
+            "the scheme to authenticate with",
+        )
+    }
     not_found = {"404": _error("no such job")}
-    unavailable = {"503": _error("the queue is full or unreachable")}
-    status = {"200": _json(_ref("JobStatus"), "the job"), **not_found, **unauthorized}
+    unavailable = {
+        "503": _with_header(
+            _error("the queue is full or unreachable"),
+            "Retry-After",
+            "seconds to wait before trying again",
+        )
+    }
+    # Probes answer without a token unless PREVIEW_OPEN_PROBES=false: the token is optional.
+    probe: dict[str, Any] = {"security": [{}, {"bearer": []}]}
+    # Every call that reads or writes Redis answers 503 while Redis is unreachable.
+    status = {
+        "200": _json(_ref("JobStatus"), "the job"),
+        **not_found,
+        **unauthorized,
+        **unavailable,
+    }
     return {
-        "/api/preview/job": {"post": {
-            "summary": "Submit a preview job",
-            "parameters": [{"name": "dryRun", "in": "query", "schema": {"type": "string"}}],
-            "requestBody": {"required": True,
-                            "content": {"application/json": {"schema": _ref("Payload")}}},
-            "responses": {
-                "202": _json(_ref("Submission"), "accepted"),
-                "200": _json({"oneOf": [_ref("Submission"), _ref("DryRun")]},
-                             "a duplicate, or a dry run's verdict"),
-                "400": _error("not JSON"), "413": _error("too large"),
-                "415": _error("not application/json"), "422": _error("invalid payload"),
-                **unauthorized, **unavailable,
-            },
-        }},
+        "/api/preview/job": {
+            "post": {
+                "summary": "Submit a preview job",
+                "parameters": [{"name": "dryRun", "in": "query", "schema": {"type": "string"}}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Payload")}},
+                },
+                "responses": {
+                    "202": _with_header(
+                        _json(_ref("Submission"), "accepted"), "Location", "the job's status URL"
+                    ),
+                    "200": _json(
+                        {"oneOf": [_ref("Submission"), _ref("DryRun")]},
+                        "a duplicate, or a dry run's verdict",
+                    ),
+                    "400": _error("not JSON"),
+                    "413": _error("too large"),
+                    "415": _error("not application/json"),
+                    "422": _error("invalid payload"),
+                    **unauthorized,
+                    **unavailable,
+                },
+            }
+        },
         "/api/preview/job/{job_id}": {
             "parameters": [job_id],
             "get": {"summary": "A job's status", "responses": status},
-            "delete": {"summary": "Cancel or stop a job", "responses": {
-                "200": _json(_ref("Object"), "canceled"),
-                "202": _json(_ref("Object"), "asked to stop"),
-                "409": _error("already ended"), **not_found, **unauthorized,
-            }},
+            "delete": {
+                "summary": "Cancel or stop a job",
+                "responses": {
+                    "200": _json(_ref("Object"), "canceled"),
+                    "202": _json(_ref("Object"), "asked to stop"),
+                    "409": _error("already ended"),
+                    **not_found,
+                    **unauthorized,
+                    **unavailable,
+                },
+            },
         },
         "/api/preview/job/{job_id}/status": {
-            "parameters": [job_id], "get": {"summary": "A job's status", "responses": status},
+            "parameters": [job_id],
+            "get": {"summary": "A job's status", "responses": status},
         },
-        "/api/preview/worker/health": {"get": {"summary": "Health", "responses": {
-            "200": _json(_ref("Object"), "healthy"), "503": _json(_ref("Object"), "unhealthy"),
-        }}},
-        "/api/preview/metrics": {"get": {"summary": "Queue figures", "responses": {
-            "200": _json(_ref("Object"), "figures"), **unavailable,
-        }}},
-        "/api/preview/dlq": {"get": {"summary": "Dead letters", "responses": {
-            "200": _json(_ref("Object"), "dead-lettered jobs"), **unauthorized,
-        }}},
-        "/api/preview/dlq/{job_id}/requeue": {"parameters": [job_id], "post": {
-            "summary": "Requeue a dead letter", "responses": {
-                "200": _json(_ref("Object"), "requeued"), **not_found, **unauthorized,
+        "/api/preview/worker/health": {
+            "get": {
+                "summary": "Health",
+                **probe,
+                "responses": {
+                    "200": _json(_ref("Object"), "healthy"),
+                    "503": _json(_ref("Object"), "unhealthy"),
+                    **unauthorized,
+                },
+            }
+        },
+        "/api/preview/metrics": {
+            "get": {
+                "summary": "Queue figures",
+                **probe,
+                "responses": {
+                    "200": _json(_ref("Object"), "figures"),
+                    **unavailable,
+                    **unauthorized,
+                },
+            }
+        },
+        "/api/preview/dlq": {
+            "get": {
+                "summary": "Dead letters",
+                "responses": {
+                    "200": _json(_ref("Object"), "dead-lettered jobs"),
+                    **unauthorized,
+                    **unavailable,
+                },
+            }
+        },
+        "/api/preview/dlq/{job_id}/requeue": {
+            "parameters": [job_id],
+            "post": {
+                "summary": "Requeue a dead letter",
+                "responses": {
+                    "200": _json(_ref("Object"), "requeued"),
+                    **not_found,
+                    **unauthorized,
+                    **unavailable,
+                },
             },
-        }},
-        "/api/preview/dlq/{job_id}": {"parameters": [job_id], "delete": {
-            "summary": "Purge a dead letter", "responses": {
-                "200": _json(_ref("Object"), "purged"), **not_found, **unauthorized,
+        },
+        "/api/preview/dlq/{job_id}": {
+            "parameters": [job_id],
+            "delete": {
+                "summary": "Purge a dead letter",
+                "responses": {
+                    "200": _json(_ref("Object"), "purged"),
+                    **not_found,
+                    **unauthorized,
+                    **unavailable,
+                },
             },
-        }},
-        "/api/preview/artifacts/{digest}/{name}": {"get": {
-            "summary": "One artifact, with a signed token",
-            "parameters": [
-                {"name": "digest", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "token", "in": "query", "required": True, "schema": {"type": "string"}},
-            ],
-            "responses": {
-                "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
-                "403": _error("bad or expired signature"), "404": _error("no such artifact"),
-            },
-        }},
+        },
+        "/api/preview/artifacts/{digest}/{name}": {
+            "get": {
+                "summary": "One artifact, with a signed token",
+                "security": [],  # the signed token in the query is the credential
+                "parameters": [
+                    {
+                        "name": "digest",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
+                    "403": _error("bad or expired signature"),
+                    "404": _error("no such artifact"),
+                },
+            }
+        },
     }
 
 

@@ -9,11 +9,27 @@ from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from preview_worker.app import create_app
 
 # prometheus_client's own switch for multiprocess metrics; its files live in this folder.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class AccessLogWithoutSecrets(Logger):  # type: ignore[misc]
+    """gunicorn's logger, whose access lines leave out query strings and Basic-auth users."""
+
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> Any:
+        """Return gunicorn's atoms with the request line cut at '?' and no user name."""
+        atoms = super().atoms(resp, req, environ, request_time)
+        # The query may hold an artifact signature or a token a client put there; the raw,
+        # still percent-encoded path is kept, so a decoded newline cannot forge a line.
+        path = environ.get("RAW_URI", "").split("?", 1)[0]
+        atoms["r"] = f"{environ.get('REQUEST_METHOD')} {path} {environ.get('SERVER_PROTOCOL')}"
+        atoms["q"] = "-"
+        atoms["u"] = "-"  # gunicorn decodes Basic auth: `curl -u TOKEN:` would log the token
+        return atoms
 
 
 class PreviewServer(BaseApplication):  # type: ignore[misc]
@@ -54,6 +70,7 @@ def serve_with_gunicorn(bind: str, workers: int) -> None:
                 "timeout": 30,
                 "graceful_timeout": 20,
                 "accesslog": "-",
+                "logger_class": AccessLogWithoutSecrets,
                 "child_exit": forget_worker,
             }
         ).run()

@@ -18,6 +18,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 # Also a prefix of job ids, so only the characters RQ allows in those.
 QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+URL_USERINFO = re.compile(
+    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:/*)?(?P<userinfo>.*)@(?P<location>[^@]*)$", re.DOTALL
+)
+QUERY_PASSWORD = re.compile(r"([?&][a-z_]*password=)[^&#]*", re.IGNORECASE)
 
 
 class SettingsError(ValueError):
@@ -131,12 +135,15 @@ def _tokens(name: str, raw: str) -> tuple[str, ...]:
 
 def redact_url(url: str) -> str:
     """Return a URL with any password replaced, safe for logs and health reports."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:" if parts.username else ":"
-    return parts._replace(netloc=f"{user}***@{netloc}").geturl()
+    # The user info runs to the last '@', past any '/', '?' or '#' that a password holds
+    # unencoded (base64 passwords often hold '/'), which would make urlsplit miss it.
+    match = URL_USERINFO.match(url)
+    if match:
+        user, colon, _password = match["userinfo"].partition(":")
+        shown = f"{user}:***" if colon else "***"  # no ':': maybe a bare password, hide it all
+        url = f"{match['scheme'] or ''}{shown}@{match['location']}"
+    # redis-py also takes passwords as query arguments: ?password=..., ?ssl_password=...
+    return QUERY_PASSWORD.sub(r"\1***", url)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
