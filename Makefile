@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: all install run test lint bench clean
+.PHONY: all install run test lint audit bench clean
 
 all: lint test
 
@@ -29,6 +29,10 @@ test: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# pip-audit on the installed dependencies; a known vulnerability fails it.
+audit: $(INSTALLED)
+	$(BIN)/python .ci/audit.py
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/validate.py
