@@ -185,13 +185,14 @@ def _port_is_free(bind: str) -> bool:
         return probe.connect_ex((host or "127.0.0.1", int(port))) != 0
 
 
-def connection_of(settings: Settings) -> redis.Redis:
+def connection_of(settings: Settings, url: str | None = None) -> redis.Redis:
     """Connect to the service's Redis, or stop with a clear line when it is unreachable."""
-    connection = queueing.connect(redis_url_of(settings))
+    connection = queueing.connect(url or redis_url_of(settings))
     click.get_current_context().call_on_close(connection.close)
     try:
         connection.ping()
     except redis.RedisError as error:
+        # The error names the cause (refused, wrong password), never the URL's password.
         raise click.ClickException(f"Redis is unreachable: {error}") from None
     return connection
 
@@ -253,6 +254,7 @@ def worker(
     from preview_worker.worker import WorkerPool
 
     with service_redis(settings) as url:
+        connection_of(settings, url)  # a wrong password or address: one line, not a crash loop
         WorkerPool(
             redis_url=url,
             settings=settings,

@@ -424,7 +424,9 @@ def test_redis_password_is_never_logged_nor_shown(
     report = json.loads(refused["health"].stdout)["redis"]
     assert report["ok"] is False and "invalid username-password" in report["error"]
     assert "Redis is unreachable" in refused["status"].stderr
-    assert refused["worker"].returncode != 0
+    assert refused["worker"].returncode == 1
+    assert "Redis is unreachable: invalid username-password" in refused["worker"].stderr
+    assert "Traceback" not in refused["worker"].stderr
     outputs = {
         "service log": log.read_text("utf-8", errors="replace"),
         **{path: answer.body.decode() for path, answer in shown.items()},
