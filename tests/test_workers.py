@@ -188,10 +188,11 @@ def test_job_of_a_killed_worker_is_recovered_within_a_minute(
 def test_sigterm_lets_the_running_job_finish(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
-    """Given SIGTERM mid-render, the worker exits 0 once the job finishes; the next stays queued."""
+    """Given SIGTERM mid-render, the worker exits 0 once the job finishes; the next one waits."""
     running = queueing.submit(redis_client, settings, slow_payload(1)).job_id
     waiting = queueing.submit(redis_client, settings, slow_payload(2)).job_id
-    worker = start_worker(service_environment(redis_url, data_dir), "--concurrency", "1")
+    environment = service_environment(redis_url, data_dir)
+    worker = start_worker(environment, "--concurrency", "1")
     try:
         wait_until(lambda: is_rendering(redis_client, running), 30, "rendering")
         worker.send_signal(signal.SIGTERM)
@@ -200,6 +201,11 @@ def test_sigterm_lets_the_running_job_finish(
         stop(worker)
     assert status_of(redis_client, running)["status"] == "finished"
     assert status_of(redis_client, waiting)["status"] == "queued"
+    # Nothing was lost: the next worker runs the waiting job, and the finished one not again.
+    successor = start_worker(environment, "--concurrency", "1", "--burst")
+    assert successor.wait(60) == 0
+    assert status_of(redis_client, waiting)["status"] == "finished"
+    assert status_of(redis_client, running)["attempts"] == 1
 
 
 def test_fifty_threads_submitting_one_key_while_workers_run_make_one_render(
