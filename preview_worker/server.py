@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
@@ -17,8 +19,28 @@ from preview_worker.app import create_app
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
-class AccessLogWithoutSecrets(Logger):  # type: ignore[misc]
-    """gunicorn's logger, whose access lines leave out query strings and Basic-auth users."""
+# A query string up to the next space or quote: where a request line's secrets travel.
+QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+class WithoutQueries(logging.Filter):
+    """Cuts query strings out of gunicorn's own messages, such as a bad request line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message without queries; keep the record."""
+        record.msg = QUERY.sub("?-", record.getMessage())
+        record.args = None
+        return True
+
+
+class LogWithoutSecrets(Logger):  # type: ignore[misc]
+    """gunicorn's logger, whose lines leave out query strings and Basic-auth users."""
+
+    def __init__(self, cfg: Any) -> None:
+        """Set gunicorn's logger up, then filter the queries out of its error log."""
+        super().__init__(cfg)
+        # "Invalid request from ...: Invalid HTTP request line: 'GET /x?token=...'"
+        self.error_log.addFilter(WithoutQueries())
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> Any:
         """Return gunicorn's atoms with the request line cut at '?' and no user name."""
@@ -70,7 +92,7 @@ def serve_with_gunicorn(bind: str, workers: int) -> None:
                 "timeout": 30,
                 "graceful_timeout": 20,
                 "accesslog": "-",
-                "logger_class": AccessLogWithoutSecrets,
+                "logger_class": LogWithoutSecrets,
                 "child_exit": forget_worker,
             }
         ).run()

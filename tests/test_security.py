@@ -343,6 +343,9 @@ def test_tokens_and_signing_key_never_reach_the_logs(tmp_path: Path, data_dir: P
             ]
             for method, target, body, expected in erring:
                 assert request(port, method, target, bearer(TOKENS[0]), body).status == expected
+            # A request line gunicorn cannot parse: it logs the line, query and all.
+            unparsable = f"/api/preview/dlq?token={TOKENS[0]}\x01"
+            assert request(port, "GET", unparsable, bearer(TOKENS[0])).status == 400
             server.stop()  # from here on, every call that reaches Redis fails
             down = request(port, "POST", "/api/preview/job", bearer(TOKENS[1]), payload())
             assert down.status == 503
