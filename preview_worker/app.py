@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from flask import Flask, Response, g, request
+from rq.exceptions import NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
 from preview_worker import queueing
@@ -146,7 +147,16 @@ def init_errors(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
         return response
 
-    @app.errorhandler(redis.RedisError)
+    @app.errorhandler(NoSuchJobError)
+    def job_gone(error: NoSuchJobError) -> Response:
+        # rq-dashboard's actions on a job that expired or was purged meanwhile.
+        return error_response(404, "not_found", "no such job")
+
+    # A lost or busy connection, or a replica not yet promoted in a failover, is worth a
+    # retry; any other refused command is our bug (500), not an unreachable Redis.
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    @app.errorhandler(redis.ReadOnlyError)
     def redis_down(error: redis.RedisError) -> Response:
         log.error("Redis is unreachable: %s", error)
         response = error_response(503, "unavailable", "the job queue is unreachable; retry soon")

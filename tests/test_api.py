@@ -301,6 +301,23 @@ def test_dashboard_is_behind_auth_and_refuses_unsafe_writes(client: FlaskClient)
     assert_envelope(cross, 403, "forbidden")
 
 
+def test_dashboard_requeue_of_a_job_that_is_gone_answers_404(client: FlaskClient) -> None:
+    """Given a job id no longer in Redis, the dashboard's requeue answers 404, not 500."""
+    gone = client.post("/rq/job/no-such-job/requeue", headers={"Origin": "http://localhost"})
+    assert_envelope(gone, 404, "not_found")
+
+
+def test_a_redis_command_error_is_a_500_not_an_unreachable_redis(client: FlaskClient) -> None:
+    """Given Redis refusing a command, the answer is 500: only a lost connection is 503."""
+    app = client.application
+
+    def refused() -> str:
+        raise redis.ResponseError("WRONGTYPE Operation against a key holding the wrong value")
+
+    app.add_url_rule("/refused", view_func=refused)
+    assert_envelope(client.get("/refused"), 500, "internal_error")
+
+
 def test_production_without_tokens_refuses_to_start(redis_url: str, data_dir: Path) -> None:
     """Given PREVIEW_ENV=production and no token or key, the app is not built."""
     settings = load_settings(
