@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from preview_worker.embedded_redis import free_port
@@ -17,18 +17,25 @@ from preview_worker.embedded_redis import free_port
 BIN = Path(sys.executable).parent
 
 
-def start_worker(
-    environment: dict[str, str], *args: str, log: Path | None = None
+def launch(
+    arguments: list[str], environment: Mapping[str, str], log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start `preview-worker worker ARGS` in a new process group; its log to a file if given."""
-    with open(log or os.devnull, "wb") as stderr:
+    """Start `preview-worker ARGUMENTS` in a new process group; its output to a log if given."""
+    with open(log or os.devnull, "ab") as output:
         return subprocess.Popen(
-            [str(BIN / "preview-worker"), "worker", *args],
+            [str(BIN / "preview-worker"), *arguments],
             env={**os.environ, **environment},
             start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
+
+
+def start_worker(
+    environment: Mapping[str, str], *args: str, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `preview-worker worker ARGS` in a new process group; its output to a log if given."""
+    return launch(["worker", *args], environment, log)
 
 
 def start_stock_worker(environment: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
@@ -82,16 +89,13 @@ def answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def serving(environment: dict[str, str], workers: int) -> Iterator[str]:
+def serving(
+    environment: Mapping[str, str], workers: int, log: Path | None = None
+) -> Iterator[str]:
     """Run `preview-worker serve` (gunicorn) on a free port; yield its base URL, then stop it."""
     port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "preview-worker"), "serve", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(workers)],
-        env={**os.environ, **environment},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    server = launch(
+        ["serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)], environment, log
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -19,7 +19,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -36,15 +35,14 @@ from rq import SimpleWorker
 
 from preview_worker import queueing
 from preview_worker.app import create_app
-from preview_worker.embedded_redis import EmbeddedRedis, free_port
+from preview_worker.embedded_redis import EmbeddedRedis
 from preview_worker.settings import SettingsError, get_settings, load_settings
 from preview_worker.signing import DEVELOPMENT_SIGNING_KEY, SALT, ArtifactSigner
 from preview_worker.storage import ArtifactStore
 
 from .conftest import payload, service_environment
-from .processes import stop, wait_until
+from .processes import BIN, serving, start_worker, stop, wait_until
 
-BIN = Path(sys.executable).parent
 TOKENS = ("security-token-first-0123456789", "security-token-second-9876543210")
 WRONG = "wrong-token-never-valid-5555555555"
 SIGNING_KEY = "security-signing-key-never-logged-4f1c"
@@ -113,44 +111,17 @@ def assert_envelope(status: int, body: bytes, request_id: str | None) -> dict[st
     return envelope
 
 
-def launch(
-    arguments: list[str], environment: Mapping[str, str], log: Path
-) -> subprocess.Popen[bytes]:
-    """Start `preview-worker ARGUMENTS` in its own process group, stdout and stderr to a log."""
-    with open(log, "ab") as output:
-        return subprocess.Popen(
-            [str(BIN / "preview-worker"), *arguments],
-            env={**os.environ, **environment},
-            start_new_session=True,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def answers(port: int) -> bool:
-    """Tell whether the API on a port answers its probe."""
-    try:
-        return request(port, "GET", "/api/preview/metrics").status == 200
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
-def serving(environment: Mapping[str, str], log: Path) -> Iterator[int]:
-    """Run `preview-worker serve` (gunicorn, one process) with its output logged; yield its port."""
-    port = free_port()
-    server = launch(["serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], environment, log)
-    try:
-        wait_until(lambda: answers(port), 30, "preview-worker serve")
-        yield port
-    finally:
-        stop(server)
+def serving_on_port(environment: Mapping[str, str], log: Path) -> Iterator[int]:
+    """Run gunicorn (one process) with its output logged; yield its port for raw requests."""
+    with serving(environment, 1, log) as base:
+        yield int(base.rpartition(":")[2])
 
 
 @contextlib.contextmanager
 def working(environment: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run `preview-worker worker` (one worker, with the scheduler) with its output logged."""
-    worker = launch(["worker", "--concurrency", "1"], environment, log)
+    worker = start_worker(environment, "--concurrency", "1", log=log)
     try:
         yield worker
     finally:
@@ -315,7 +286,7 @@ def test_tokens_and_signing_key_never_reach_the_logs(tmp_path: Path, data_dir: P
         PREVIEW_LOG_LEVEL="DEBUG",
     )
     try:
-        with serving(environment, log) as port, working(environment, log):
+        with serving_on_port(environment, log) as port, working(environment, log):
             status = finished_job(port, TOKENS[0], "sec-authorised")
             link = status["result"]["artifacts"][0]["url"]
             assert request(port, "GET", link).status == 200
@@ -393,7 +364,7 @@ def test_redis_password_is_never_logged_nor_shown(
         guarded_redis.url, data_dir, PREVIEW_API_TOKENS=TOKENS[0], PREVIEW_LOG_LEVEL="DEBUG"
     )
     wrong = {**environment, "REDIS_URL": guarded_redis.url.replace(REDIS_PASSWORD, WRONG)}
-    with serving(environment, log) as port, working(environment, log):
+    with serving_on_port(environment, log) as port, working(environment, log):
         wait_until(
             lambda: request(port, "GET", "/api/preview/worker/health").status == 200,
             30,
@@ -609,7 +580,7 @@ def test_hostile_paths_get_a_4xx_envelope_and_nothing_outside_the_store(
     calls = [("GET", target) for target in artifacts]
     calls += [("GET", signed(signer, target)) for target in artifacts]
     calls += hostile_job_calls(outside)
-    with serving(environment, log) as port:
+    with serving_on_port(environment, log) as port:
         genuine = request(port, "GET", signed(signer, f"{ARTIFACTS}{stored.hash}/index.html"))
         # With a valid token, so that only the route itself can refuse a job call.
         sent = {**bearer(TOKENS[0]), "X-Request-ID": "hostile"}
