@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timezone
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,21 @@ def workers(environment: dict[str, str], count: int, logs: Path) -> Iterator[Poo
             stop(process)
 
 
+Report = Callable[[str], None]
+
+
+@pytest.fixture
+def report(capsys: pytest.CaptureFixture[str]) -> Report:
+    """Give a printer of chaos figures that reaches the terminal, so CI's log keeps them."""
+
+    def say(line: str) -> None:
+        """Print one line past pytest's capture."""
+        with capsys.disabled():
+            print(f"\n  chaos: {line}")
+
+    return say
+
+
 JOBS = 1000
 POOLS = 3
 KILL_EVERY = 2.0  # seconds
@@ -180,7 +195,12 @@ SUBMIT_FOR = 30.0  # seconds over which the jobs arrive, so they keep coming whi
 
 @pytest.mark.slow
 def test_random_sigkills_lose_no_job_and_corrupt_no_artifact(
-    redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path, tmp_path: Path
+    redis_client: redis.Redis,
+    settings: Settings,
+    redis_url: str,
+    data_dir: Path,
+    tmp_path: Path,
+    report: Report,
 ) -> None:
     """Given a random worker's group SIGKILLed every 2 s for 40 s, all 1,000 jobs finish whole."""
     submitted: dict[str, float] = {}
@@ -218,7 +238,7 @@ def test_random_sigkills_lose_no_job_and_corrupt_no_artifact(
     states = final_states(redis_client, job_ids)
     to_end = sorted(ended - submitted[job_id] for job_id, (_, ended) in states.items())
     outcomes = [status for status, _ in states.values()]
-    print(
+    report(
         f"{kills} kills; all ended {took:.1f} s after the kills stopped; "
         f"{outcomes.count('finished')} finished, {outcomes.count('failed')} dead-lettered; "
         f"submission to end: median {statistics.median(to_end):.2f} s, "
@@ -232,7 +252,9 @@ def test_random_sigkills_lose_no_job_and_corrupt_no_artifact(
 
 
 @pytest.mark.slow
-def test_redis_restart_under_load_keeps_every_accepted_job(tmp_path: Path, data_dir: Path) -> None:
+def test_redis_restart_under_load_keeps_every_accepted_job(
+    tmp_path: Path, data_dir: Path, report: Report
+) -> None:
     """Given Redis stopped for 5 s and started again from its append-only file, no 202 is lost."""
     server = EmbeddedRedis(data_dir=tmp_path / "redis", persistent=True).start()
     environment = service_environment(server.url, data_dir, PREVIEW_API_TOKENS=TOKEN)
@@ -273,7 +295,7 @@ def test_redis_restart_under_load_keeps_every_accepted_job(tmp_path: Path, data_
     finally:
         server.stop()
     refused = [(when, body, retry) for when, code, body, retry in answers if code != 202]
-    print(
+    report(
         f"{len(accepted)} accepted, {len(refused)} refused while Redis was down; "
         f"all ended {took:.1f} s after posting stopped"
     )
@@ -297,7 +319,7 @@ RETRY_BASE_DELAY = "2"
 
 @pytest.mark.slow
 def test_store_unwritable_mid_run_retries_and_shows_nothing_partial(
-    redis_client: redis.Redis, redis_url: str, data_dir: Path, tmp_path: Path
+    redis_client: redis.Redis, redis_url: str, data_dir: Path, tmp_path: Path, report: Report
 ) -> None:
     """Given every write failing for 4 s, jobs retry and finish; nothing half-written shows."""
     store = ArtifactStore(data_dir)
@@ -330,7 +352,7 @@ def test_store_unwritable_mid_run_retries_and_shows_nothing_partial(
     attempts = Counter(
         len(Job.fetch(job_id, connection=redis_client).meta["attempts"]) for job_id in during
     )
-    print(
+    report(
         f"{failed_writes} attempts failed and were retried; the store was looked at "
         f"{watcher.looks} times; jobs by attempts: {dict(attempts)}"
     )
