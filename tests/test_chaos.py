@@ -343,6 +343,8 @@ def test_store_unwritable_mid_run_retries_and_shows_nothing_partial(
             for number in range(5, 25)
         ]
         time.sleep(UNWRITABLE_FOR)
+        # On a slow machine, hold the fault until every job has met it at least once.
+        wait_until(lambda: retried(redis_client) >= len(during), 30, "every job to fail once")
         failed_writes = retried(redis_client)
         limit_file_size(pool, resource.RLIM_INFINITY)
         wait_until(lambda: len(final_states(redis_client, during)) == 20, 60, "every job")
@@ -356,8 +358,7 @@ def test_store_unwritable_mid_run_retries_and_shows_nothing_partial(
         f"{failed_writes} attempts failed and were retried; the store was looked at "
         f"{watcher.looks} times; jobs by attempts: {dict(attempts)}"
     )
-    assert failed_writes >= 20  # every job of the fault failed at least once
-    assert min(attempts) >= 2
+    assert min(attempts) >= 2  # every job of the fault failed at least once
     assert watcher.looks > 100 and watcher.seen == set(), "a half-written preview was visible"
     assert incomplete_previews(store) == []
     assert {status for status, _ in states.values()} == {"finished"}
