@@ -251,11 +251,22 @@ def test_random_sigkills_lose_no_job_and_corrupt_no_artifact(
     assert all(store.exists(digest) for digest in stored_hashes(redis_client, job_ids))
 
 
+def halt(server: EmbeddedRedis, how: str) -> None:
+    """Stop Redis: "shutdown" is its own graceful SIGTERM, "crash" a SIGKILL mid-write."""
+    if how == "shutdown" or server.process is None:
+        server.stop()
+        return
+    server.process.kill()
+    server.process.wait()
+    server.process = None
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("how", ["shutdown", "crash"])
 def test_redis_restart_under_load_keeps_every_accepted_job(
-    tmp_path: Path, data_dir: Path, report: Report
+    tmp_path: Path, data_dir: Path, report: Report, how: str
 ) -> None:
-    """Given Redis stopped for 5 s and started again from its append-only file, no 202 is lost."""
+    """Given Redis down for 5 s and started again from its append-only file, no 202 is lost."""
     server = EmbeddedRedis(data_dir=tmp_path / "redis", persistent=True).start()
     environment = service_environment(server.url, data_dir, PREVIEW_API_TOKENS=TOKEN)
     answers: list[tuple[float, int, dict[str, Any], str | None]] = []
@@ -275,7 +286,7 @@ def test_redis_restart_under_load_keeps_every_accepted_job(
             poster = threading.Thread(target=post_while_posting, args=(base,))
             poster.start()
             time.sleep(3)
-            server.stop()
+            halt(server, how)
             down = time.monotonic()
             time.sleep(5)
             server.start()  # on the same port, from the same append-only file
@@ -296,7 +307,7 @@ def test_redis_restart_under_load_keeps_every_accepted_job(
         server.stop()
     refused = [(when, body, retry) for when, code, body, retry in answers if code != 202]
     report(
-        f"{len(accepted)} accepted, {len(refused)} refused while Redis was down; "
+        f"Redis {how}: {len(accepted)} accepted, {len(refused)} refused while it was down; "
         f"all ended {took:.1f} s after posting stopped"
     )
     assert not crashed, "worker pools exited while Redis was down"
