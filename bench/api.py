@@ -11,6 +11,8 @@ import http.client
 import itertools
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,6 +114,62 @@ def raw_enqueue_rate(url: str, count: int) -> float:
     return rate
 
 
+# wrk's script: every request a new job. Revisions are made of the run, the wrk thread and
+# a counter, so no two requests of any run are duplicates (which would answer 200).
+WRK_SCRIPT = """
+local prefix, suffix = %s, %s
+local base, counter, next_id = 0, 0, 0
+function setup(thread)
+  next_id = next_id + 1
+  thread:set("id", next_id)
+end
+function init(args)
+  base = tonumber(args[1]) * 1000000000 + tonumber(wrk.thread:get("id")) * 10000000
+end
+function request()
+  counter = counter + 1
+  return wrk.format("POST", "/api/preview/job",
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer %s"},
+    prefix .. tostring(base + counter) .. suffix)
+end
+"""
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_script(folder: str) -> str:
+    """Write wrk's Lua script into a folder; return its path."""
+    marker = 987654321
+    prefix, suffix = json.dumps({**MINIMAL, "revision": marker}).split(str(marker))
+    path = os.path.join(folder, "submit.lua")
+    with open(path, "w", encoding="utf-8") as script:
+        script.write(WRK_SCRIPT % (json.dumps(prefix), json.dumps(suffix), TOKEN))
+    return path
+
+
+def wrk_run(port: int, script: str, connections: int, seconds: int, run: int) -> dict[str, float]:
+    """Load the API with wrk (a C client, 2 threads); return accepted/s, p50 and p99 in ms."""
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script,
+         f"http://127.0.0.1:{port}", "--", str(run)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    if "Non-2xx" in output:
+        raise RuntimeError(f"wrk saw answers other than 2xx:\n{output}")
+    figures = {"rate": float(found(r"Requests/sec:\s+([\d.]+)", output)[1])}
+    for name, share in (("p50", "50"), ("p99", "99")):
+        value, unit = found(rf"{share}%\s+([\d.]+)(us|ms|s)", output).groups()
+        figures[name] = float(value) * UNITS[unit]
+    return figures
+
+
+def found(pattern: str, text: str) -> re.Match[str]:
+    """Return the first match of a pattern in wrk's output, or stop saying what is missing."""
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"no {pattern!r} in wrk's output:\n{text}")
+    return match
+
+
 def serve(url: str, data: str, port: int) -> subprocess.Popen[bytes]:
     """Start `preview-worker serve` with 2 gunicorn workers and wait until it answers."""
     environment = {**os.environ, "REDIS_URL": url, "DATA_DIR": data, "PREVIEW_API_TOKENS": TOKEN,
@@ -150,6 +208,12 @@ def main() -> None:
             began = time.perf_counter()
             paced = open_loop(port, options.rate, options.seconds, options.threads, numbers)
             paced_rate = len(paced) / (time.perf_counter() - began)
+            # A C client takes far less of the 2 cores than the Python threads above.
+            script = wrk_script(data) if shutil.which("wrk") else None
+            by_wrk = {
+                connections: wrk_run(port, script, connections, 8, run)
+                for run, connections in enumerate((8, 16, 32), start=1)
+            } if script else {}
         finally:
             server.terminate()
             server.wait(30)
@@ -161,6 +225,11 @@ def main() -> None:
           f"{paced_rate:.0f}/s achieved), latency counted from when each was due:")
     print(f"  p50 {percentile(paced, 0.5):6.1f} ms   p99 {percentile(paced, 0.99):6.1f} ms"
           f"   mean {1000 * statistics.fmean(paced):6.1f} ms")
+    for connections, figures in by_wrk.items():
+        print(f"wrk, {connections} connections, 8 s: accepted/s {figures['rate']:7.0f}"
+              f"   p50 {figures['p50']:6.1f} ms   p99 {figures['p99']:6.1f} ms")
+    if not by_wrk:
+        print("wrk is not installed (apt-get install wrk): no figures from a C client")
     print(f"raw Queue.enqueue loop, one process: {raw:7.0f}/s")
 
 
