@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from preview_worker import queueing
 from preview_worker.embedded_redis import EmbeddedRedis
 from preview_worker.queueing import Submission
-from preview_worker.settings import Settings, load_settings
+from preview_worker.settings import Settings, get_settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ROOT / "payloads"
@@ -73,6 +73,18 @@ def data_dir(tmp_path: Path) -> Path:
 def settings(redis_url: str, data_dir: Path) -> Settings:
     """Give settings on the test Redis with short retry gaps, as the workers will read them."""
     return load_settings(service_environment(redis_url, data_dir))
+
+
+@pytest.fixture
+def worker_environment(
+    redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Give jobs run in this process the test Redis and store, as a worker's environment would."""
+    for name, value in service_environment(redis_url, data_dir).items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 def service_environment(redis_url: str, data_dir: Path, **extra: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from preview_worker import queueing
 from preview_worker.app import create_app
 from preview_worker.openapi import openapi_document
-from preview_worker.settings import Settings, SettingsError, get_settings, load_settings
+from preview_worker.settings import Settings, SettingsError, load_settings
 from preview_worker.worker import PreviewWorker
 
 from .conftest import load_payload, payload, service_environment
@@ -32,16 +32,8 @@ def api_settings(redis_url: str, data_dir: Path, **extra: str) -> Settings:
     )
 
 
-@pytest.fixture(autouse=True)
-def worker_environment(
-    redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """Give jobs run in this process the test store, as a worker's environment would."""
-    for name, value in service_environment(redis_url, data_dir).items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+# Jobs run in this process (by PreviewWorker) read the test Redis and store.
+pytestmark = pytest.mark.usefixtures("worker_environment")
 
 
 @pytest.fixture

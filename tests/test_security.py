@@ -36,7 +36,7 @@ from rq import SimpleWorker
 from preview_worker import queueing
 from preview_worker.app import create_app
 from preview_worker.embedded_redis import EmbeddedRedis
-from preview_worker.settings import SettingsError, get_settings, load_settings
+from preview_worker.settings import SettingsError, load_settings
 from preview_worker.signing import DEVELOPMENT_SIGNING_KEY, SALT, ArtifactSigner
 from preview_worker.storage import ArtifactStore
 
@@ -160,18 +160,6 @@ def finished_job(port: int, token: str, request_id: str) -> dict[str, Any]:
 
 
 # 1. Auth on every mutating route and every dashboard route, from the app's own url_map.
-
-
-@pytest.fixture
-def worker_environment(
-    redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """Give jobs run in this process the test Redis and store, as a worker's environment would."""
-    for name, value in service_environment(redis_url, data_dir).items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 @pytest.fixture
