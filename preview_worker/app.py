@@ -211,11 +211,11 @@ def init_dashboard(app: Flask, redis_url: str) -> None:
     # that one it gets apart, as RQ_DASHBOARD_REDIS_PASSWORD.
     parts = urlsplit(redis_url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    for name, value in query:
-        if name == "password":
-            app.config.setdefault("RQ_DASHBOARD_REDIS_PASSWORD", value)
-            kept = urlencode([(key, item) for key, item in query if key != "password"])
-            redis_url = parts._replace(query=kept).geturl()
+    password = dict(query).get("password")
+    if password is not None:
+        app.config.setdefault("RQ_DASHBOARD_REDIS_PASSWORD", password)
+        kept = urlencode([(name, value) for name, value in query if name != "password"])
+        redis_url = parts._replace(query=kept).geturl()
     app.config.setdefault("RQ_DASHBOARD_REDIS_URL", [redis_url])
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
     # Its routes without an instance number (favicon, static files, job and queue actions)
