@@ -24,7 +24,7 @@ from typing import Any
 
 from rq import Queue
 
-from preview_worker import queueing
+from preview_worker.connections import connect
 from preview_worker.embedded_redis import EmbeddedRedis, free_port
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
@@ -104,7 +104,7 @@ def percentile(values: list[float], share: float) -> float:
 
 def raw_enqueue_rate(url: str, count: int) -> float:
     """Return raw `Queue.enqueue` calls per second from one process, the baseline."""
-    connection = queueing.connect(url)
+    connection = connect(url)
     queue = Queue("raw", connection=connection)
     start = time.perf_counter()
     for number in range(count):

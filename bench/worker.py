@@ -22,9 +22,11 @@ from rq import Queue, SimpleWorker, Worker
 from rq.registry import FinishedJobRegistry
 
 from preview_worker import queueing
+from preview_worker.connections import connect
 from preview_worker.embedded_redis import EmbeddedRedis
+from preview_worker.previews import store_preview
 from preview_worker.settings import Settings, get_settings
-from preview_worker.storage import ArtifactStore
+from preview_worker.store import FileStore
 from preview_worker.worker import WorkerPool
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
@@ -96,9 +98,9 @@ def full(number: int) -> dict[str, Any]:
 
 def render_loop(data_dir: str, numbers: list[int]) -> None:
     """Render and store payloads in a loop, with no queue at all."""
-    store = ArtifactStore(Path(data_dir))
+    store = FileStore(Path(data_dir))
     for number in numbers:
-        store.store_preview(full(number))
+        store_preview(store, full(number))
 
 
 def median_rates(rounds: int, variants: dict[str, Callable[[], Rates]]) -> dict[str, Rates]:
@@ -128,7 +130,7 @@ def main() -> None:
         os.environ.update({"REDIS_URL": url, "DATA_DIR": data, "PREVIEW_LOG_LEVEL": "WARNING"})
         get_settings.cache_clear()
         settings = get_settings()
-        connection = queueing.connect(url)
+        connection = connect(url)
         normal = Queue("normal", connection=connection)
         us = "__main__.noop"
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +13,8 @@ import click
 import redis
 
 from preview_worker import dead_letters, queueing, recovery
-from preview_worker.embedded_redis import (
-    EmbeddedRedis,
-    development_url_file,
-    known_redis_url,
-    running_development_url,
-)
+from preview_worker.connections import connect
+from preview_worker.embedded_redis import known_redis_url
 from preview_worker.schema import (
     PayloadNotJSON,
     PayloadTooLarge,
@@ -32,6 +23,7 @@ from preview_worker.schema import (
     validate_payload,
 )
 from preview_worker.settings import Settings, SettingsError, load_settings
+from preview_worker.supervisor import ServiceError, check_redis
 
 EXIT_INVALID = 1  # some payload broke a rule of the schema
 EXIT_UNREADABLE = 2  # a file could not be read or parsed, or the settings are bad
@@ -101,7 +93,7 @@ def print_results(results: list[PayloadFile]) -> None:
         if result.error:
             click.echo(f"{result.name}: {result.error}", err=True)
         for problem in result.problems:
-            click.echo(f"{result.name}: {problem.path or '(root)'}: {problem.message}")
+            click.echo(f"{result.name}: {problem}")
         if result.valid:
             click.echo(f"{result.name}: valid")
 
@@ -147,53 +139,13 @@ def redis_url_of(settings: Settings) -> str:
     )
 
 
-@contextlib.contextmanager
-def service_redis(settings: Settings) -> Iterator[str]:
-    """Yield REDIS_URL, or start an embedded persistent Redis under DATA_DIR for development."""
-    if settings.redis_url:
-        yield settings.redis_url
-        return
-    url_file = development_url_file(settings.data_dir)
-    running = running_development_url(settings.data_dir)
-    if running and _answers(running):
-        raise click.ClickException(
-            f"a development service already runs on this DATA_DIR (Redis at {running}); "
-            "stop it first, or set REDIS_URL to share its Redis"
-        )
-    with EmbeddedRedis(data_dir=url_file.parent, persistent=True) as server:
-        url_file.write_text(server.url, "utf-8")
-        click.echo(f"started an embedded Redis at {server.url} (set REDIS_URL to use your own)")
-        try:
-            yield server.url
-        finally:
-            url_file.unlink(missing_ok=True)
-
-
-def _answers(url: str) -> bool:
-    """Tell whether a Redis answers at a URL."""
-    with queueing.connect(url) as connection:
-        try:
-            return bool(connection.ping())
-        except redis.RedisError:
-            return False
-
-
-def _port_is_free(bind: str) -> bool:
-    """Tell whether nothing listens on a host:port yet."""
-    host, _, port = bind.rpartition(":")
-    with socket.socket() as probe:
-        return probe.connect_ex((host or "127.0.0.1", int(port))) != 0
-
-
 def connection_of(settings: Settings, url: str | None = None) -> redis.Redis:
     """Connect to the service's Redis, or stop with a clear line when it is unreachable."""
-    connection = queueing.connect(url or redis_url_of(settings))
-    click.get_current_context().call_on_close(connection.close)
     try:
-        connection.ping()
-    except redis.RedisError as error:
-        # The error names the cause (refused, wrong password), never the URL's password.
-        raise click.ClickException(f"Redis is unreachable: {error}") from None
+        connection = check_redis(url or redis_url_of(settings))
+    except ServiceError as error:
+        raise click.ClickException(str(error)) from None
+    click.get_current_context().call_on_close(connection.close)
     return connection
 
 
@@ -213,19 +165,18 @@ def render(settings: Settings, path: str, out: str | None) -> None:
 
     Exits 0 when rendered, 1 when the payload is invalid, 2 when it cannot be read.
     """
-    from preview_worker.storage import ArtifactStore, StorageError
+    from preview_worker.previews import build_preview
+    from preview_worker.store import FileStore, StorageError
 
     result = read_payload_file(path, settings)
     if not result.valid:
         print_results([result])
         sys.exit(exit_code_of([result]))
     try:
-        stored = ArtifactStore(Path(out) if out else settings.data_dir).store_preview(
-            result.payload
-        )
+        stored = build_preview(FileStore(Path(out) if out else settings.data_dir), result.payload)
     except StorageError as error:
         raise click.ClickException(str(error)) from None
-    where = "dry run, nothing written" if stored.directory is None else str(stored.directory)
+    where = "dry run, nothing written" if stored.location is None else stored.location
     click.echo(f"{path}: {where}{' (cached)' if stored.cached else ''}")
     for artifact in stored.files:
         click.echo(f"  {artifact.name}  {artifact.size} bytes  {artifact.content_type}")
@@ -251,18 +202,12 @@ def worker(
     settings: Settings, concurrency: int | None, burst: bool, kind: str, max_jobs: int | None
 ) -> None:
     """Run a pool of workers on high, normal and low, with the retry scheduler and recovery."""
-    from preview_worker.worker import WorkerPool
+    from preview_worker.supervisor import run_workers
 
-    with service_redis(settings) as url:
-        connection_of(settings, url)  # a wrong password or address: one line, not a crash loop
-        WorkerPool(
-            redis_url=url,
-            settings=settings,
-            concurrency=concurrency or settings.worker_concurrency,
-            kind=kind,
-            burst=burst,
-            max_jobs=max_jobs or settings.worker_max_jobs,
-        ).run()
+    try:
+        run_workers(settings, concurrency, kind, burst, max_jobs)
+    except ServiceError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @cli.command()
@@ -321,9 +266,7 @@ def print_summary(settings: Settings, statuses: dict[str, dict[str, Any]]) -> No
             counts["finished"] += 1
             result = status["result"]
             for artifact in result["artifacts"] if not result["dryRun"] else []:
-                token = signer.token(result["artifactHash"], artifact["name"])
-                click.echo(f"{job_id}: /api/preview/artifacts/{result['artifactHash']}/"
-                           f"{artifact['name']}?token={token}")
+                click.echo(f"{job_id}: {signer.url(result['artifactHash'], artifact['name'])}")
         else:
             counts["dead-lettered" if status["deadLettered"] else "canceled"] += 1
             error = status["error"] or {}
@@ -366,7 +309,7 @@ def health(settings: Settings) -> None:
     """Print the health report as JSON; exit 0 when healthy, 1 when not."""
     from preview_worker.health import health_report
 
-    with queueing.connect(redis_url_of(settings)) as connection:
+    with connect(redis_url_of(settings)) as connection:
         report = health_report(connection, settings)
     echo_json(report.as_dict())
     sys.exit(0 if report.ok else 1)
@@ -380,7 +323,7 @@ def health(settings: Settings) -> None:
 @click.pass_obj
 def serve(settings: Settings, bind: str, workers: int, dev: bool) -> None:
     """Serve the HTTP API: gunicorn in production, Flask's server only with --dev."""
-    from preview_worker.app import check_production, create_app
+    from preview_worker.web.app import check_production, create_app
 
     try:
         check_production(settings)
@@ -390,7 +333,7 @@ def serve(settings: Settings, bind: str, workers: int, dev: bool) -> None:
             return
     except SettingsError as error:
         raise ConfigError(str(error)) from None
-    from preview_worker.server import serve_with_gunicorn
+    from preview_worker.web.server import serve_with_gunicorn
 
     serve_with_gunicorn(bind, workers)
 
@@ -400,31 +343,12 @@ def serve(settings: Settings, bind: str, workers: int, dev: bool) -> None:
 @click.pass_obj
 def run(settings: Settings, bind: str) -> None:
     """Run the whole service: the API (gunicorn), a worker pool, and Redis if none is set."""
-    from preview_worker.worker import WorkerPool
+    from preview_worker.supervisor import run_service
 
-    if not _port_is_free(bind):
-        raise click.ClickException(f"something already listens on {bind}: is the service running?")
-    with service_redis(settings) as url:
-        api = subprocess.Popen(
-            [sys.executable, "-m", "preview_worker", "serve", "--bind", bind],
-            env={**os.environ, "REDIS_URL": url},
-        )
-        base = f"http://{bind}"
-        click.echo(f"API        {base}/api/preview/job\n"
-                   f"dashboard  {base}/rq/\n"
-                   f"metrics    {base}/metrics\n"
-                   f"health     {base}/api/preview/worker/health\n"
-                   "Ctrl-C stops it all.")
-        try:
-            WorkerPool(
-                redis_url=url,
-                settings=settings,
-                concurrency=settings.worker_concurrency,
-                max_jobs=settings.worker_max_jobs,
-            ).run()
-        finally:
-            api.terminate()  # gunicorn drains its requests on SIGTERM
-            api.wait(30)
+    try:
+        run_service(settings, bind)
+    except ServiceError as error:
+        raise click.ClickException(str(error)) from None
 
 
 cli.add_command(run, name="dev")

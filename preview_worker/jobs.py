@@ -8,10 +8,9 @@ from typing import Any
 from rq import get_current_job
 
 from preview_worker import progress
-from preview_worker.retries import InvalidPayload
-from preview_worker.schema import validate_payload
+from preview_worker.previews import build_preview
 from preview_worker.settings import get_settings
-from preview_worker.storage import ArtifactStore
+from preview_worker.store import store_for
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +23,10 @@ def render_preview(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     log.info("rendering the preview of %s", payload.get("tutorialId"))
     progress.begin_attempt(job)
-    problems = validate_payload(payload)
-    if problems:
-        details = "; ".join(f"{each.path or '(root)'}: {each.message}" for each in problems)
-        raise InvalidPayload(details[:1000])
-    stored = ArtifactStore(get_settings().data_dir).store_preview(
-        payload, checkpoint=lambda stage: progress.report(job, *STAGES[stage])
+    stored = build_preview(
+        store_for(get_settings()),
+        payload,
+        checkpoint=lambda stage: progress.report(job, *STAGES[stage]),
     )
     progress.report(job, "done", 100)
     return stored.as_dict()

@@ -1,6 +1,17 @@
-"""Redis key names and time-to-live figures of the service's own records, in one place."""
+"""Redis key names, the service's own and RQ's, with the time-to-live figures, in one place.
+
+RQ's names are taken from RQ's own classes, so they follow RQ; nothing else spells them.
+"""
 
 from __future__ import annotations
+
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.scheduler import RQScheduler
+from rq.worker import BaseWorker
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 PREFIX = "preview"
 
@@ -54,3 +65,47 @@ def stop_requested_key(job_id: str) -> str:
 def worker_alive_key(name: str) -> str:
     """Return the liveness key of one of our worker processes."""
     return WORKER_ALIVE.format(name=name)
+
+
+# RQ's own records, read directly where RQ's calls would clean up or prune as they read.
+RQ_WORKER_PREFIX = BaseWorker.redis_worker_namespace_prefix
+
+
+def job_key(job_id: str) -> str:
+    """Return the hash of an RQ job."""
+    return Job.key_for(job_id)
+
+
+def queue_key(queue: str) -> str:
+    """Return the list of job ids waiting on an RQ queue."""
+    return Queue.redis_queue_namespace_prefix + queue
+
+
+def intermediate_key(queue: str) -> str:
+    """Return the list where a single-queue RQ worker holds the job it just popped."""
+    return IntermediateQueue.get_intermediate_queue_key(queue_key(queue))
+
+
+def failed_key(queue: str) -> str:
+    """Return the failed-job registry of a queue: the dead letters, scored by expiry."""
+    return FailedJobRegistry.key_template.format(queue)
+
+
+def started_key(queue: str) -> str:
+    """Return the started-job registry of a queue: members are "<job id>:<execution id>"."""
+    return StartedJobRegistry.key_template.format(queue)
+
+
+def scheduler_lock_key(queue: str) -> str:
+    """Return the key a worker's scheduler holds while it schedules a queue."""
+    return str(RQScheduler.get_locking_key(queue))
+
+
+def worker_key(name: str) -> str:
+    """Return the hash of an RQ worker."""
+    return RQ_WORKER_PREFIX + name
+
+
+def workers_of_queue_key(queue: str) -> str:
+    """Return the set of the RQ workers that listen on a queue."""
+    return WORKERS_BY_QUEUE_KEY % queue

@@ -1,14 +1,33 @@
-"""JSON log lines with the same fields in the API and the workers, request id included."""
+"""JSON log lines with the same fields in the API and the workers, request id included.
+
+The module knows no web framework: the API installs where request ids come from.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from flask import g, has_request_context
 from pythonjsonlogger.json import JsonFormatter
 from rq import get_current_job
 
 FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+RequestIdSource = Callable[[], "str | None"]  # the id of the request this thread serves, if any
+
+
+def _no_request() -> str | None:
+    """Serve no request: the worker side has none."""
+    return None
+
+
+_request_id_source: RequestIdSource = _no_request
+
+
+def use_request_ids(source: RequestIdSource) -> None:
+    """Take request ids from a source from now on (the API's running request)."""
+    global _request_id_source
+    _request_id_source = source
 
 
 class RequestIdFilter(logging.Filter):
@@ -22,8 +41,9 @@ class RequestIdFilter(logging.Filter):
 
 def current_ids() -> tuple[str | None, str | None]:
     """Return the request id and job id of the request or job this thread serves."""
-    if has_request_context():
-        return g.get("request_id"), None
+    request_id = _request_id_source()
+    if request_id is not None:
+        return request_id, None
     job = get_current_job()
     if job is not None:
         return job.meta.get("requestId"), job.id

@@ -6,7 +6,7 @@ import time
 
 from rq.job import Job
 
-from preview_worker.retries import PreviewStopped
+from preview_worker.errors import PreviewStopped
 
 # Job id that this process's worker was asked to stop. A worker that runs jobs in its own
 # process cannot kill them, so the job checks this at every stage instead.

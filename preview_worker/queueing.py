@@ -9,21 +9,21 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import WatchError
-from redis.retry import Retry
 from rq import Callback, Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from preview_worker import hooks, keys, metrics
+from preview_worker import hooks, keys
 from preview_worker.canonical import canonical_json
+from preview_worker.observe.outcomes import end_key_of, forget, record_end, record_outcome
 from preview_worker.retries import retry_policy
+from preview_worker.schema import default_of
 from preview_worker.settings import Settings
 
 PRIORITIES = ("high", "normal", "low")  # workers listen in this order: strict priority
-DEFAULT_PRIORITY = "normal"
+DEFAULT_PRIORITY: str = default_of("priority")
 RENDER_FUNCTION = "preview_worker.jobs.render_preview"
 # Payload fields that say how to deliver a job, not what to render: not part of its identity.
 DELIVERY_FIELDS = ("priority", "requestId", "idempotencyKey")
@@ -86,18 +86,6 @@ def queues(connection: redis.Redis, settings: Settings) -> list[Queue]:
     return [Queue(name, connection=connection) for name in queue_names(settings)]
 
 
-def connect(url: str) -> redis.Redis:
-    """Open a Redis connection for RQ (bytes, not decoded strings) that fails fast when down."""
-    # Two quick retries ride out a blip; more would keep an API request waiting for seconds.
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
-    )
-
-
 def job_id_for(payload: dict[str, Any], namespace: str = "") -> str:
     """Return the job id: the idempotency key, else a digest of what the payload renders.
 
@@ -114,7 +102,7 @@ def job_id_for(payload: dict[str, Any], namespace: str = "") -> str:
 def _count_queued(pipe: redis.client.Pipeline, settings: Settings) -> None:
     """Ask a pipeline for the length of every queue (LLEN: cheap and read-only)."""
     for name in queue_names(settings):
-        pipe.llen(Queue.redis_queue_namespace_prefix + name)
+        pipe.llen(keys.queue_key(name))
 
 
 def queued_count(connection: redis.Redis, settings: Settings) -> int:
@@ -127,7 +115,7 @@ def queued_count(connection: redis.Redis, settings: Settings) -> int:
 def _look(connection: redis.Redis, settings: Settings, job_id: str) -> tuple[str, int]:
     """Read a job's status (empty when there is none) and the queued count in one trip."""
     with connection.pipeline(transaction=False) as pipe:
-        pipe.hget(Job.key_for(job_id), "status")
+        pipe.hget(keys.job_key(job_id), "status")
         _count_queued(pipe, settings)
         status, *lengths = pipe.execute()
     return (status.decode() if status else ""), sum(lengths)
@@ -150,7 +138,7 @@ def submit(
     if existing is not None and existing.get_status() not in RESUBMITTABLE:
         return _duplicate(connection, existing)
     if queued >= settings.queue_max:
-        metrics.record_outcome(connection, queue_name(settings, _priority(payload)), "rejected")
+        record_outcome(connection, queue_name(settings, _priority(payload)), "rejected")
         raise QueueFull(queued, settings.queue_max)
     if existing is not None:
         return _resubmit(connection, settings, payload, request_id, existing, function)
@@ -172,7 +160,7 @@ def _fetch(connection: redis.Redis, job_id: str) -> Job | None:
 
 def _duplicate(connection: redis.Redis, job: Job) -> Submission:
     """Answer a duplicate submission with the job that exists."""
-    metrics.record_outcome(connection, job.origin, "duplicate")
+    record_outcome(connection, job.origin, "duplicate")
     return Submission(job.id, job.get_status().value, job.origin, duplicate=True)
 
 
@@ -216,7 +204,7 @@ def _enqueue(
         if existing is None:  # the other submission's job expired in between
             return _enqueue(connection, settings, payload, request_id, job_id, function)
         return _duplicate(connection, existing)
-    metrics.record_outcome(connection, queue.name, "enqueued")
+    record_outcome(connection, queue.name, "enqueued")
     return Submission(job.id, job.get_status(refresh=False).value, queue.name, duplicate=False)
 
 
@@ -320,8 +308,8 @@ def cancel(connection: redis.Redis, job_id: str) -> str:
                 break
             except WatchError:
                 continue
-    hooks.record_end(connection, job, "canceled")
-    hooks.forget(connection, job.id, hooks.end_key_of(job))
+    record_end(connection, job, "canceled")
+    forget(connection, job.id, end_key_of(job))
     return JobStatus.CANCELED.value
 
 

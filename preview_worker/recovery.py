@@ -17,10 +17,11 @@ import redis
 from redis.exceptions import WatchError
 from rq import Queue
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry
 from rq.utils import now, utcformat
 
-from preview_worker import hooks, keys, metrics
+from preview_worker import keys
+from preview_worker.observe.outcomes import end_key, end_key_of, forget, record_end, record_outcome
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def _sight(connection: redis.Redis, accepted: list[tuple[bytes, float]]) -> list
     with connection.pipeline(transaction=False) as pipe:
         for raw_id, _ in accepted:
             pipe.hmget(
-                Job.key_for(keys.text(raw_id)), "status", "origin", "started_at", "enqueued_at"
+                keys.job_key(keys.text(raw_id)), "status", "origin", "started_at", "enqueued_at"
             )
         rows = pipe.execute()
     return [
@@ -166,9 +167,9 @@ def _recover_one(
         report.forgotten.append(job_id)
     elif status in ENDED_OUTCOMES:
         # Counted by its hook already, unless that died with its worker: count it then.
-        key = hooks.end_key(job_id, sighting.enqueued_at)
-        metrics.record_outcome(connection, sighting.origin, ENDED_OUTCOMES[status], settle=key)
-        hooks.forget(connection, job_id, key)
+        key = end_key(job_id, sighting.enqueued_at)
+        record_outcome(connection, sighting.origin, ENDED_OUTCOMES[status], settle=key)
+        forget(connection, job_id, key)
     elif status == JobStatus.QUEUED.value:
         if on_queue and not sighting.started and sighting.start_by < time.time():
             _expire(connection, Job.fetch(job_id, connection=connection), report)
@@ -199,8 +200,8 @@ def _recover_if_lost(connection: redis.Redis, job_id: str, report: RecoveryRepor
             stale = _executions_of(connection, job, queue)
             pipe.multi()
             if stale:
-                pipe.zrem(StartedJobRegistry(queue=queue).key, *stale)
-            pipe.lrem(f"{queue.key}:intermediate", 0, job.id)  # a single-queue worker's pop
+                pipe.zrem(keys.started_key(queue.name), *stale)
+            pipe.lrem(keys.intermediate_key(queue.name), 0, job.id)  # a single-queue worker's pop
             pipe.lpush(queue.key, job.id)  # at the front: it has waited long enough
             pipe.hdel(keys.MISSING, job.id)
             pipe.execute()
@@ -212,7 +213,7 @@ def _recover_if_lost(connection: redis.Redis, job_id: str, report: RecoveryRepor
 def _executions_of(connection: redis.Redis, job: Job, queue: Queue) -> list[str]:
     """Return the started-registry entries (job:execution) of a job."""
     prefix = f"{job.id}:"
-    members = connection.zrange(StartedJobRegistry(queue=queue).key, 0, -1)
+    members = connection.zrange(keys.started_key(queue.name), 0, -1)
     return [keys.text(m) for m in members if keys.text(m).startswith(prefix)]
 
 
@@ -221,7 +222,7 @@ def _fail_abandoned(connection: redis.Redis, job: Job, report: RecoveryReport) -
     queue = Queue(job.origin, connection=connection)
     stale = _executions_of(connection, job, queue)
     if stale:
-        connection.zrem(StartedJobRegistry(queue=queue).key, *stale)
+        connection.zrem(keys.started_key(queue.name), *stale)
     if connection.delete(keys.stop_requested_key(job.id)):
         _dead_letter(connection, job, report, STOPPED_WHILE_DEAD)
         return
@@ -234,7 +235,7 @@ def _fail_abandoned(connection: redis.Redis, job: Job, report: RecoveryReport) -
     # may itself have died with the worker.
     job.retries_left -= 1
     queue.enqueue_job(job, at_front=True)
-    metrics.record_outcome(connection, job.origin, "retried")
+    record_outcome(connection, job.origin, "retried")
     report.retried.append(job.id)
 
 
@@ -261,6 +262,6 @@ def _dead_letter(
             job, ttl=job.failure_ttl, exc_string=f"{kind}: {message}", pipeline=pipe
         )
         pipe.execute()
-    hooks.record_end(connection, job, "canceled" if why == STOPPED_WHILE_DEAD else "dead_lettered")
-    hooks.forget(connection, job.id, hooks.end_key_of(job))
+    record_end(connection, job, "canceled" if why == STOPPED_WHILE_DEAD else "dead_lettered")
+    forget(connection, job.id, end_key_of(job))
     report.dead_lettered.append(job.id)

@@ -1,4 +1,4 @@
-"""Retry policy: which failures are worth another attempt, and when it comes."""
+"""Retry policy: how many more attempts a failed job gets, and when each comes."""
 
 from __future__ import annotations
 
@@ -7,23 +7,6 @@ import random
 from rq import Retry
 
 from preview_worker.settings import Settings
-
-
-class PermanentError(Exception):
-    """A failure that no retry can mend (an invalid payload, content that cannot render)."""
-
-
-class InvalidPayload(PermanentError):
-    """The payload broke the schema when the worker checked it again."""
-
-
-class PreviewStopped(PermanentError):
-    """The job was stopped on request while it ran."""
-
-
-def is_permanent(exc_type: type[BaseException] | None) -> bool:
-    """Tell whether a failure of this type goes to the dead-letter queue without retries."""
-    return exc_type is not None and issubclass(exc_type, PermanentError)
 
 
 def backoff_delays(settings: Settings, rng: random.Random | None = None) -> list[int]:

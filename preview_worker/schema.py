@@ -24,6 +24,10 @@ class Problem:
         """Return the problem as the JSON object clients receive."""
         return {"path": self.path, "message": self.message}
 
+    def __str__(self) -> str:
+        """Say the problem in one line for people: where, then what."""
+        return f"{self.path or '(root)'}: {self.message}"
+
 
 class PayloadTooLarge(ValueError):
     """A payload body is over the byte limit; it was not parsed."""
@@ -40,6 +44,25 @@ def load_schema() -> dict[str, Any]:
     text = resources.files("preview_worker.schemas").joinpath(SCHEMA_FILE).read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
+
+
+def default_of(*path: str) -> Any:
+    """Return the default the schema gives a payload member, e.g. default_of("output", "theme")."""
+    schema = load_schema()
+    node: dict[str, Any] = schema
+    for name in path:
+        node = _resolved(schema, node)["properties"][name]
+    return _resolved(schema, node)["default"]
+
+
+def _resolved(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local $ref ("#/$defs/output") to the subschema it names."""
+    while "$ref" in node:
+        target: dict[str, Any] = schema
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,7 +6,7 @@ import functools
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -28,7 +28,7 @@ class SettingsError(ValueError):
     """A setting in the environment has a value the service cannot use."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """The service's knobs; field comments give the environment variable and unit."""
 
@@ -57,6 +57,14 @@ class Settings:
     def production(self) -> bool:
         """Whether the service runs in production mode."""
         return self.environment == "production"
+
+    def __repr__(self) -> str:
+        """Show every setting but the secrets: tokens and key as ***, the URL's password too."""
+        shown = {item.name: getattr(self, item.name) for item in fields(self)}
+        shown["redis_url"] = self.redis_url and redact_url(self.redis_url)
+        shown["api_tokens"] = tuple("***" for _ in self.api_tokens)
+        shown["signing_key"] = "***" if self.signing_key else ""
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
 
 def _integer(name: str, raw: str, minimum: int) -> int:

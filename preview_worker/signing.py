@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from preview_worker.settings import Settings
 
 SALT = "preview-artifact"
+# Where the HTTP API is mounted; an artifact's URL is a path under it, the same for every face.
+API_PREFIX = "/api/preview"
 DEVELOPMENT_SIGNING_KEY = "development-only-signing-key"  # noqa: S105 - refused in production
 
 
@@ -17,9 +21,18 @@ class ArtifactSigner:
         self.serializer = URLSafeTimedSerializer(key, salt=SALT)
         self.max_age = max_age  # seconds a token works
 
+    def __repr__(self) -> str:
+        """Show how long tokens work, never the key."""
+        return f"ArtifactSigner(max_age={self.max_age})"
+
     def token(self, digest: str, name: str) -> str:
         """Return a token for one artifact file."""
         return str(self.serializer.dumps(f"{digest}/{name}"))
+
+    def url(self, digest: str, name: str) -> str:
+        """Return the signed path of one artifact, as the API serves it."""
+        query = urlencode({"token": self.token(digest, name)})
+        return f"{API_PREFIX}/artifacts/{digest}/{name}?{query}"
 
     def allows(self, token: str, digest: str, name: str) -> bool:
         """Tell whether a token is genuine, unexpired and for this very file."""

@@ -1,4 +1,4 @@
-"""The worker class and the pool that runs several of them with recovery alongside."""
+"""The worker classes and the pool that runs several of them with recovery alongside."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from rq.job import Job
 from rq.worker import BaseWorker
 
 from preview_worker import keys, progress, queueing, recovery
+from preview_worker.connections import connect
 from preview_worker.logs import configure_logging
 from preview_worker.settings import Settings
-from preview_worker.storage import ArtifactStore
+from preview_worker.store import store_for
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def run_worker(
 ) -> None:
     """Run one worker process until it is told to stop, runs out of work or of max_jobs."""
     configure_logging(settings.log_level)  # RQ adds no handler of its own when one exists
-    connection = queueing.connect(redis_url)
+    connection = connect(redis_url)
     worker = WORKER_CLASSES[kind](
         queueing.queues(connection, settings),
         connection=connection,
@@ -163,7 +164,7 @@ class WorkerPool:
         signal.signal(signal.SIGINT, self.request_stop)
         for index in range(self.concurrency):
             self.start_worker(index)
-        connection = queueing.connect(self.redis_url)
+        connection = connect(self.redis_url)
         next_recovery = next_sweep = 0.0
         while self.processes:
             if not self.stopping and time.monotonic() >= next_recovery:
@@ -179,7 +180,7 @@ class WorkerPool:
     def sweep_store(self) -> None:
         """Remove half-written artifact directories that killed renders left behind."""
         try:
-            removed = ArtifactStore(self.settings.data_dir).remove_abandoned()
+            removed = store_for(self.settings).remove_abandoned()
         except OSError as error:
             log.warning("could not sweep the artifact store: %s", error)
         else:

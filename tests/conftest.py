@@ -14,6 +14,7 @@ import redis
 from click.testing import CliRunner
 
 from preview_worker import queueing
+from preview_worker.connections import connect
 from preview_worker.embedded_redis import EmbeddedRedis
 from preview_worker.queueing import Submission
 from preview_worker.settings import Settings, get_settings, load_settings
@@ -120,7 +121,7 @@ def submit_together(
 
     def submit() -> None:
         """Wait for every thread, then submit."""
-        with queueing.connect(redis_url) as connection:
+        with connect(redis_url) as connection:
             barrier.wait()
             submissions.append(queueing.submit(connection, settings, submitted))
 

@@ -14,9 +14,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from preview_worker import queueing
-from preview_worker.app import create_app
-from preview_worker.openapi import openapi_document
 from preview_worker.settings import Settings, SettingsError, load_settings
+from preview_worker.web.app import create_app
+from preview_worker.web.openapi import openapi_document
 from preview_worker.worker import PreviewWorker
 
 from .conftest import load_payload, payload, service_environment

@@ -32,6 +32,7 @@ from playwright.sync_api import (  # noqa: E402
 )
 
 from preview_worker import queueing  # noqa: E402
+from preview_worker.connections import connect
 from preview_worker.render import render_preview_files  # noqa: E402
 from preview_worker.settings import load_settings  # noqa: E402
 
@@ -252,7 +253,7 @@ def dashboard(redis_url: str, redis_client: redis.Redis, data_dir: Path) -> Iter
     """Give the base URL of `preview-worker serve` with a token, its three queues registered."""
     environment = service_environment(redis_url, data_dir, PREVIEW_API_TOKENS=TOKEN)
     settings = load_settings(environment)
-    connection = queueing.connect(redis_url)
+    connection = connect(redis_url)
     try:
         # RQ registers a queue on its first job: one job per priority makes all three exist.
         for priority in ("high", "normal", "low"):

@@ -25,10 +25,13 @@ from rq.job import Job
 from rq.utils import utcparse
 
 from preview_worker import queueing
+from preview_worker.connections import connect
 from preview_worker.embedded_redis import EmbeddedRedis
-from preview_worker.metrics import read_outcomes
+from preview_worker.observe.figures import read_outcomes
+from preview_worker.previews import MANIFEST
 from preview_worker.settings import Settings, load_settings
-from preview_worker.storage import HASH_PATTERN, MANIFEST, ArtifactStore
+from preview_worker.store import FileStore
+from preview_worker.store.base import KEY_PATTERN
 
 from .conftest import payload, service_environment
 from .processes import kill_group, serving, start_worker, stop, wait_until
@@ -58,12 +61,12 @@ def final_states(connection: redis.Redis, job_ids: list[str]) -> dict[str, tuple
     return states
 
 
-def incomplete_previews(store: ArtifactStore) -> list[str]:
+def incomplete_previews(store: FileStore) -> list[str]:
     """Name every visible preview directory whose files are not exactly its manifest's."""
     wrong = []
     # Directories starting with a dot are unfinished copies that no reader is given.
     for directory in store.previews.glob("[0-9a-f][0-9a-f]/*"):
-        if not HASH_PATTERN.fullmatch(directory.name):
+        if not KEY_PATTERN.fullmatch(directory.name):
             continue
         try:
             manifest = json.loads((directory / MANIFEST).read_bytes())
@@ -94,7 +97,7 @@ def stored_hashes(connection: redis.Redis, job_ids: list[str]) -> set[str]:
 class StoreWatcher(threading.Thread):
     """Looks at the store every few milliseconds and remembers any preview seen incomplete."""
 
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: FileStore) -> None:
         super().__init__(daemon=True)
         self.store = store
         self.seen: set[str] = set()
@@ -207,7 +210,7 @@ def test_random_sigkills_lose_no_job_and_corrupt_no_artifact(
 
     def submit_all() -> None:
         """Submit the jobs at an even pace on a connection of this thread's own."""
-        with queueing.connect(redis_url) as connection:
+        with connect(redis_url) as connection:
             start = time.monotonic()
             for number in range(JOBS):
                 time.sleep(max(0.0, start + number * SUBMIT_FOR / JOBS - time.monotonic()))
@@ -246,7 +249,7 @@ def test_random_sigkills_lose_no_job_and_corrupt_no_artifact(
     )
     # Three retries each: a job would have to be killed four times to be dead-lettered.
     assert outcomes.count("finished") == JOBS
-    store = ArtifactStore(data_dir)
+    store = FileStore(data_dir)
     assert incomplete_previews(store) == []
     assert all(store.exists(digest) for digest in stored_hashes(redis_client, job_ids))
 
@@ -333,7 +336,7 @@ def test_store_unwritable_mid_run_retries_and_shows_nothing_partial(
     redis_client: redis.Redis, redis_url: str, data_dir: Path, tmp_path: Path, report: Report
 ) -> None:
     """Given every write failing for 4 s, jobs retry and finish; nothing half-written shows."""
-    store = ArtifactStore(data_dir)
+    store = FileStore(data_dir)
     watcher = StoreWatcher(store)
     environment = service_environment(
         redis_url, data_dir, PREVIEW_RETRY_BASE_DELAY=RETRY_BASE_DELAY, PREVIEW_RETRY_MAX_DELAY="16"

@@ -10,7 +10,9 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
 from preview_worker import queueing
-from preview_worker.collectors import QueueCollector, queue_picture
+from preview_worker.connections import connect
+from preview_worker.observe.figures import queue_picture
+from preview_worker.observe.prometheus import QueueCollector
 from preview_worker.settings import Settings
 
 from .conftest import payload, service_environment
@@ -96,7 +98,7 @@ def test_unreachable_redis_does_not_fail_the_scrape(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Given Redis unreachable, a scrape succeeds with preview_redis_up 0 and logs why."""
-    registry = registry_of(queueing.connect("redis://127.0.0.1:1/0"), settings)
+    registry = registry_of(connect("redis://127.0.0.1:1/0"), settings)
     text = generate_latest(registry).decode()
     assert "preview_redis_up 0.0" in text
     assert "preview_queue_depth{" not in text

@@ -13,8 +13,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from preview_worker.app import create_app
 from preview_worker.settings import Settings
+from preview_worker.web.app import create_app
 
 from .conftest import ROOT
 

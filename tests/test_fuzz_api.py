@@ -14,7 +14,7 @@ import redis
 import schemathesis
 from hypothesis import settings
 
-from preview_worker.openapi import openapi_document
+from preview_worker.web.openapi import openapi_document
 
 from .conftest import service_environment
 from .processes import serving

@@ -13,6 +13,7 @@ from rq.registry import FailedJobRegistry
 from rq.utils import utcformat
 
 from preview_worker import keys, queueing
+from preview_worker.connections import connect
 from preview_worker.health import health_report
 from preview_worker.settings import Settings, load_settings
 
@@ -104,7 +105,7 @@ def test_unreachable_redis_answers_fast_without_the_password(settings: Settings)
     """Given a Redis URL nobody listens on, health fails within seconds, hiding the password."""
     unreachable = load_settings({"REDIS_URL": UNREACHABLE, "DATA_DIR": str(settings.data_dir)})
     started = time.monotonic()
-    report = health_report(queueing.connect(UNREACHABLE), unreachable)
+    report = health_report(connect(UNREACHABLE), unreachable)
     elapsed = time.monotonic() - started
     answer = report.as_dict()
     assert report.ok is False and elapsed < 3

@@ -11,7 +11,9 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from preview_worker import dead_letters, metrics, queueing, retries
+from preview_worker import dead_letters, queueing, retries
+from preview_worker.connections import connect
+from preview_worker.observe import figures, outcomes
 from preview_worker.settings import Settings, get_settings, load_settings
 from preview_worker.worker import PreviewWorker
 
@@ -116,7 +118,7 @@ def test_backpressure_refuses_and_enqueues_nothing(
         queueing.submit(redis_client, settings, payload(revision=99))
     assert queue_lengths(redis_client, settings) == before
     assert not redis_client.exists(f"rq:job:{queueing.job_id_for(payload(revision=99))}")
-    assert metrics.read_outcomes(redis_client)[("normal", "rejected")] == 1
+    assert figures.read_outcomes(redis_client)[("normal", "rejected")] == 1
 
 
 def test_cancel_a_queued_job(redis_client: redis.Redis, settings: Settings) -> None:
@@ -190,14 +192,14 @@ def test_outcomes_add_up_and_a_failing_recorder_never_raises(
     redis_client: redis.Redis,
 ) -> None:
     """Outcomes fill the counter and histogram; recording to an unreachable Redis does not raise."""
-    metrics.record_outcome(redis_client, "high", "succeeded", 0.3)
-    metrics.record_outcome(redis_client, "high", "succeeded", 7.0)
-    assert metrics.read_outcomes(redis_client) == {("high", "succeeded"): 2}
-    histogram = metrics.read_durations(redis_client, ["high"])["high"]
+    outcomes.record_outcome(redis_client, "high", "succeeded", 0.3)
+    outcomes.record_outcome(redis_client, "high", "succeeded", 7.0)
+    assert figures.read_outcomes(redis_client) == {("high", "succeeded"): 2}
+    histogram = figures.read_durations(redis_client, ["high"])["high"]
     assert histogram.count == 2 and histogram.total == pytest.approx(7.3)
     assert dict(histogram.buckets)[0.5] == 1 and dict(histogram.buckets)[10.0] == 2
-    with queueing.connect("redis://127.0.0.1:1/0") as unreachable:
-        metrics.record_outcome(unreachable, "high", "succeeded", 1.0)  # logs, does not raise
+    with connect("redis://127.0.0.1:1/0") as unreachable:
+        outcomes.record_outcome(unreachable, "high", "succeeded", 1.0)  # logs, does not raise
 
 
 def test_duplicate_of_a_finished_job_returns_it_and_of_a_dead_letter_starts_anew(

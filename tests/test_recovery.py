@@ -11,7 +11,8 @@ import redis
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from preview_worker import keys, metrics, queueing, recovery
+from preview_worker import keys, queueing, recovery
+from preview_worker.observe import figures
 from preview_worker.settings import Settings, load_settings
 
 from .conftest import MINIMAL, load_payload, service_environment
@@ -114,7 +115,7 @@ def test_an_end_no_hook_settled_is_counted_once(redis_client: redis.Redis, job_i
     job.set_status(JobStatus.FINISHED)
     recovery.recover(redis_client)
     recovery.recover(redis_client)
-    assert metrics.read_outcomes(redis_client)[("normal", "succeeded")] == 1
+    assert figures.read_outcomes(redis_client)[("normal", "succeeded")] == 1
     assert redis_client.zcard(keys.ACCEPTED) == 0
 
 
@@ -138,7 +139,7 @@ def test_a_stop_asked_of_a_dead_workers_job_cancels_it(
     assert queueing.cancel(redis_client, job_id) == "stopping"
     assert recovery.recover(redis_client).dead_lettered == [job_id]
     assert queueing.job_status(redis_client, job_id)["error"]["type"] == "PreviewStopped"
-    assert metrics.read_outcomes(redis_client)[("normal", "canceled")] == 1
+    assert figures.read_outcomes(redis_client)[("normal", "canceled")] == 1
 
 
 def test_a_foreign_workers_job_waits_for_its_timeout(
@@ -158,9 +159,9 @@ def test_a_job_whose_worker_died_after_its_hook_is_still_recovered(
     redis_client: redis.Redis, job_id: str
 ) -> None:
     """Given a success hook that ran before its worker died unsaved, recovery still retries it."""
-    from preview_worker import hooks
+    from preview_worker.observe import outcomes
 
     start_and_die(redis_client, job_id, "preview-gone-1-0")
-    hooks.record_end(redis_client, Job.fetch(job_id, connection=redis_client), "succeeded")
+    outcomes.record_end(redis_client, Job.fetch(job_id, connection=redis_client), "succeeded")
     assert redis_client.zscore(keys.ACCEPTED, job_id) is not None, "a hook forgets nothing"
     assert recovery.recover(redis_client).retried == [job_id]

@@ -6,8 +6,8 @@ job ids (a plain one, "..%2F..%2Fetc", 400 characters) on status, cancel, requeu
 a tampered artifact name or signature and an expired link, the production start-up check
 (tests/test_api.py); health hiding the password of an unreachable Redis (tests/test_health.py);
 a bad REDIS_URL port hiding "user:password" and redact_url's plain forms
-(tests/test_settings.py); bad hashes and file names refused by ArtifactStore.path_of
-(tests/test_storage.py).
+(tests/test_settings.py); bad hashes and file names refused by FileStore.path_of
+and read_artifact (tests/test_previews_store.py).
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from itsdangerous import URLSafeTimedSerializer
 from rq import SimpleWorker
 
 from preview_worker import queueing
-from preview_worker.app import create_app
 from preview_worker.embedded_redis import EmbeddedRedis
+from preview_worker.previews import store_preview
 from preview_worker.settings import SettingsError, load_settings
 from preview_worker.signing import DEVELOPMENT_SIGNING_KEY, SALT, ArtifactSigner
-from preview_worker.storage import ArtifactStore
+from preview_worker.store import FileStore
+from preview_worker.web.app import create_app
 
 from .conftest import payload, service_environment
 from .processes import BIN, serving, start_worker, stop, wait_until
@@ -549,7 +550,7 @@ def test_hostile_paths_get_a_4xx_envelope_and_nothing_outside_the_store(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path, data_dir: Path
 ) -> None:
     """Given files planted outside the store, no hostile path reaches one or a 5xx."""
-    stored = ArtifactStore(data_dir).store_preview(payload())
+    stored = store_preview(FileStore(data_dir), payload())
     outside = tmp_path / "secret.txt"
     for planted in (
         outside,
@@ -603,9 +604,9 @@ def test_forged_artifact_signatures_are_refused(
         )
     )
     client = create_app({"TESTING": True, "SETTINGS": settings}).test_client()
-    store = ArtifactStore(data_dir)
-    digest = store.store_preview(payload()).hash
-    other = store.store_preview(payload(content={**payload()["content"], "title": "Other"})).hash
+    store = FileStore(data_dir)
+    digest = store_preview(store, payload()).hash
+    other = store_preview(store, payload(content={**payload()["content"], "title": "Other"})).hash
     assert other != digest
     path = f"{ARTIFACTS}{digest}/index.html"
     genuine = ArtifactSigner(SIGNING_KEY, 3600)

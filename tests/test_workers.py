@@ -11,7 +11,8 @@ import pytest
 import redis
 from rq.job import Job
 
-from preview_worker import metrics, queueing
+from preview_worker import queueing
+from preview_worker.observe import figures
 from preview_worker.settings import Settings, load_settings
 
 from .conftest import payload, service_environment, submit_together
@@ -93,7 +94,7 @@ def test_transient_failures_retry_with_growing_gaps_then_dead_letter(
     assert all(-0.5 <= gap - plan <= 1.5 for gap, plan in zip(gaps, planned, strict=True)), (
         f"gaps {gaps} follow the plan {planned}"
     )
-    outcomes = metrics.read_outcomes(redis_client)
+    outcomes = figures.read_outcomes(redis_client)
     assert outcomes[("normal", "retried")] == 3 and outcomes[("normal", "dead_lettered")] == 1
 
 
@@ -130,7 +131,7 @@ def test_cancel_stops_a_running_job_and_a_resubmission_runs_in_full(
         status = status_of(redis_client, job_id)
         assert status["status"] == "stopped" and status["result"] is None
         assert not list(data_dir.rglob("manifest.json")), "a stopped render writes nothing"
-        assert metrics.read_outcomes(redis_client)[("normal", "canceled")] == 1
+        assert figures.read_outcomes(redis_client)[("normal", "canceled")] == 1
         with pytest.raises(queueing.JobAlreadyEnded):
             queueing.cancel(redis_client, job_id)
 

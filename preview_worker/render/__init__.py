@@ -5,9 +5,11 @@ Nothing here knows of Redis, RQ or Flask: the same payload always gives the same
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from preview_worker.canonical import canonical_json
 from preview_worker.render.model import RenderInput, render_input
 from preview_worker.render.page import render_page
 from preview_worker.render.thumbnail import render_thumbnail
@@ -20,6 +22,11 @@ ARTIFACTS = {
     "html": ("index.html", "text/html; charset=utf-8"),
     "png": ("thumbnail.png", "image/png"),
 }
+
+
+def preview_hash(preview: RenderInput) -> str:
+    """Return the SHA-256 of a render input and the renderer version: the artifacts' address."""
+    return hashlib.sha256(canonical_json([RENDERER_VERSION, preview.canonical()])).hexdigest()
 
 
 Checkpoint = Callable[[str], None]  # told each stage ("html", "png", ...) before it starts
@@ -54,6 +61,7 @@ __all__ = [
     "Checkpoint",
     "RENDERER_VERSION",
     "RenderInput",
+    "preview_hash",
     "render_files",
     "render_input",
     "render_preview_files",

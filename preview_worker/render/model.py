@@ -6,12 +6,16 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from preview_worker.schema import default_of
+
 FORMATS = ("html", "png")  # the order artifacts are rendered and listed in
 THEMES = ("light", "dark")
-DEFAULT_LANGUAGE = "en"
-DEFAULT_THEME = "light"
-DEFAULT_WIDTH = 1200  # pixels
-DEFAULT_HEIGHT = 630  # pixels
+# The payload's defaults, as the schema states them.
+DEFAULT_LANGUAGE: str = default_of("content", "language")
+DEFAULT_FORMATS: list[str] = default_of("output", "formats")
+DEFAULT_THEME: str = default_of("output", "theme")
+DEFAULT_WIDTH: int = default_of("output", "width")  # pixels
+DEFAULT_HEIGHT: int = default_of("output", "height")  # pixels
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,16 @@ class RenderInput:
     steps: tuple[Step, ...]
     summary: str = ""
     language: str = DEFAULT_LANGUAGE
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = tuple(DEFAULT_FORMATS)
     theme: str = DEFAULT_THEME
     width: int = DEFAULT_WIDTH
     height: int = DEFAULT_HEIGHT
+
+    @property
+    def steps_label(self) -> str:
+        """Say how many steps there are: "1 step", "12 steps"."""
+        count = len(self.steps)
+        return f"{count} step" if count == 1 else f"{count} steps"
 
     def canonical(self) -> dict[str, Any]:
         """Return the input as plain JSON data; fields that change no artifact are left out."""
@@ -79,7 +89,7 @@ def render_input(payload: dict[str, Any]) -> RenderInput:
     """Read the render input of a valid payload, applying the schema's defaults."""
     content = payload.get("content") or {}
     output = payload.get("output") or {}
-    wanted = set(output.get("formats") or FORMATS)
+    wanted = set(output.get("formats") or DEFAULT_FORMATS)
     return RenderInput(
         title=_text(content.get("title")),
         summary=_text(content.get("summary")),

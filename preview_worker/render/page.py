@@ -72,11 +72,6 @@ def page_css(theme: Theme) -> str:
     return variables + _LAYOUT_CSS + token_css(theme.pygments_style) + "\n"
 
 
-def _step_count(count: int) -> str:
-    """Say how many steps there are."""
-    return f"{count} step" if count == 1 else f"{count} steps"
-
-
 def _contents(steps: tuple[Step, ...]) -> str:
     """Return the table of contents: one link per step."""
     items = "".join(
@@ -104,7 +99,7 @@ def _header(preview: RenderInput) -> str:
     """Return the page's header: the title, the summary and the number of steps."""
     summary = f'<p class="summary">{escape(preview.summary)}</p>\n' if preview.summary else ""
     return (
-        f'<header>\n<p class="eyebrow">Tutorial preview · {_step_count(len(preview.steps))}</p>\n'
+        f'<header>\n<p class="eyebrow">Tutorial preview · {preview.steps_label}</p>\n'
         f"<h1>{escape(preview.title)}</h1>\n{summary}</header>\n"
     )
 

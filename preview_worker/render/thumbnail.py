@@ -95,11 +95,6 @@ class Canvas:
         self.line(left + style.size * 0.8, text_top, text, style, self.theme.accent_text)
 
 
-def _steps_label(count: int) -> str:
-    """Say how many steps there are."""
-    return f"{count} step" if count == 1 else f"{count} steps"
-
-
 def _lines_that_fit(room: int, style: Style) -> int:
     """Return how many lines of a style fit in a height, at most the style's maximum."""
     return max(0, min(style.max_lines, room // style.line_height))
@@ -123,7 +118,7 @@ def draw_thumbnail(preview: RenderInput) -> Image.Image:
     badge = Style(px(24), fonts.BOLD, theme.accent_text)
     bar = max(3, round(12 * canvas.scale))
     canvas.draw.rectangle((0, 0, bar - 1, canvas.height), fill=theme.accent)
-    canvas.badge(_steps_label(len(preview.steps)), badge)
+    canvas.badge(preview.steps_label, badge)
     bottom = canvas.height - canvas.padding - round(badge.size * 1.8) - px(24)
     top = canvas.padding
     if bottom - top >= eyebrow.line_height + px(TITLE_SIZES[-1]) * 2:

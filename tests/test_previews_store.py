@@ -1,4 +1,4 @@
-"""The artifact store: content-addressed, written atomically, safe to share between workers."""
+"""Previews into the artifact store: content-addressed, written atomically, safe to share."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ from typing import Any
 
 import pytest
 
-from preview_worker import storage
-from preview_worker.render import render_files, render_input, render_preview_files
-from preview_worker.storage import (
-    ArtifactStore,
-    InvalidArtifactPath,
-    StorageError,
+from preview_worker import render
+from preview_worker.previews import (
     StoredPreview,
-    preview_hash,
+    UnknownArtifact,
+    read_artifact,
+    read_manifest,
+    store_preview,
 )
+from preview_worker.render import preview_hash, render_files, render_input, render_preview_files
+from preview_worker.store import FileStore, InvalidArtifactPath, StorageError, filesystem
 
 from .conftest import load_payload
 
@@ -35,10 +36,10 @@ def entries(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
 
 
-def assert_complete(store: ArtifactStore, digest: str) -> None:
+def assert_complete(store: FileStore, digest: str) -> None:
     """Fail unless a preview's directory holds exactly its manifest's files, byte for byte."""
     directory = store.directory_of(digest)
-    manifest = store.read_manifest(digest)
+    manifest = read_manifest(store, digest)
     listed = {item["name"]: item for item in manifest["files"]}
     assert sorted(path.name for path in directory.iterdir()) == sorted([*listed, "manifest.json"])
     for name, item in listed.items():
@@ -57,18 +58,18 @@ def count_renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         renders.append(1)
         return real(preview, checkpoint)
 
-    monkeypatch.setattr("preview_worker.storage.render_files", counting)
+    monkeypatch.setattr("preview_worker.previews.render_files", counting)
     return renders
 
 
 def test_a_preview_is_stored_under_its_hash_with_a_manifest(data_dir: Path) -> None:
     """Given the full payload, its files land in previews/<ab>/<hash>/ with a true manifest."""
-    store = ArtifactStore(data_dir)
-    stored = store.store_preview(load_payload(FULL))
+    store = FileStore(data_dir)
+    stored = store_preview(store, load_payload(FULL))
     assert not stored.cached and not stored.dry_run
-    assert stored.directory == data_dir / "previews" / stored.hash[:2] / stored.hash
+    assert stored.location == str(data_dir / "previews" / stored.hash[:2] / stored.hash)
     assert_complete(store, stored.hash)
-    manifest = store.read_manifest(stored.hash)
+    manifest = read_manifest(store, stored.hash)
     assert {item["name"]: item["contentType"] for item in manifest["files"]} == {
         "index.html": "text/html; charset=utf-8",
         "thumbnail.png": "image/png",
@@ -88,37 +89,37 @@ def test_the_hash_covers_the_render_input_and_the_renderer_version(
 ) -> None:
     """Same content, same hash, whoever asks; new content or a new renderer, a new hash."""
     payload = load_payload(MINIMAL)
-    digest = ArtifactStore("unused").store_preview(payload | {"dryRun": True}).hash
+    digest = store_preview(FileStore("unused"), payload | {"dryRun": True}).hash
     assert len(digest) == 64
     same = payload | {"tutorialId": "another-tutorial", "revision": 3, "requestId": "r-1"}
-    assert ArtifactStore("unused").store_preview(same | {"dryRun": True}).hash == digest
+    assert store_preview(FileStore("unused"), same | {"dryRun": True}).hash == digest
     changed = json.loads(json.dumps(payload))
     changed["content"]["steps"][0]["body"] += "!"
-    assert ArtifactStore("unused").store_preview(changed | {"dryRun": True}).hash != digest
-    monkeypatch.setattr(storage, "RENDERER_VERSION", "next")
-    assert ArtifactStore("unused").store_preview(payload | {"dryRun": True}).hash != digest
+    assert store_preview(FileStore("unused"), changed | {"dryRun": True}).hash != digest
+    monkeypatch.setattr(render, "RENDERER_VERSION", "next")
+    assert store_preview(FileStore("unused"), payload | {"dryRun": True}).hash != digest
 
 
 def test_a_stored_hash_is_a_cache_hit_that_renders_nothing(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Given a stored preview, storing it again renders nothing and touches no file."""
-    store = ArtifactStore(data_dir)
+    store = FileStore(data_dir)
     renders = count_renders(monkeypatch)
-    first = store.store_preview(load_payload(FULL))
-    assert first.directory is not None
-    times = {path.name: path.stat().st_mtime_ns for path in first.directory.iterdir()}
-    again = store.store_preview(load_payload(FULL) | {"tutorialId": "copy", "revision": 2})
+    first = store_preview(store, load_payload(FULL))
+    assert first.location is not None
+    times = {path.name: path.stat().st_mtime_ns for path in Path(first.location).iterdir()}
+    again = store_preview(store, load_payload(FULL) | {"tutorialId": "copy", "revision": 2})
     assert renders == [1]
     assert again.cached and again.hash == first.hash and again.files == first.files
-    assert {path.name: path.stat().st_mtime_ns for path in first.directory.iterdir()} == times
+    assert {path.name: path.stat().st_mtime_ns for path in Path(first.location).iterdir()} == times
 
 
 def test_a_dry_run_renders_in_memory_and_writes_nothing(data_dir: Path) -> None:
     """Given dryRun, the files and sizes are reported and the data directory stays empty."""
     payload = load_payload(FULL) | {"dryRun": True}
-    stored = ArtifactStore(data_dir).store_preview(payload)
-    assert stored.dry_run and not stored.cached and stored.directory is None
+    stored = store_preview(FileStore(data_dir), payload)
+    assert stored.dry_run and not stored.cached and stored.location is None
     sizes = {name: len(data) for name, data in render_preview_files(payload).items()}
     assert {item.name: item.size for item in stored.files} == sizes
     assert entries(data_dir) == []
@@ -132,22 +133,34 @@ def test_a_dry_run_renders_in_memory_and_writes_nothing(data_dir: Path) -> None:
 def test_a_bad_hash_is_refused(digest: str, data_dir: Path) -> None:
     """Only 64 lowercase hex digits name a preview."""
     with pytest.raises(InvalidArtifactPath):
-        ArtifactStore(data_dir).path_of(digest, "index.html")
+        FileStore(data_dir).path_of(digest, "index.html")
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["", ".", "..", "../manifest.json", "index.html/..", "/etc/passwd", "other.txt", "INDEX.HTML"],
-)
-def test_a_bad_file_name_is_refused(name: str, data_dir: Path) -> None:
-    """Only the store's own file names name an artifact."""
+UNSAFE_NAMES = ["", ".", "..", "../manifest.json", "index.html/..", "/etc/passwd", ".hidden"]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+def test_a_name_that_could_leave_its_directory_is_refused_by_the_store(
+    name: str, data_dir: Path
+) -> None:
+    """The store takes plain file names only: no separator, no dot-dot, no leading dot."""
     with pytest.raises(InvalidArtifactPath):
-        ArtifactStore(data_dir).path_of("a" * 64, name)
+        FileStore(data_dir).path_of("a" * 64, name)
+
+
+@pytest.mark.parametrize("name", [*UNSAFE_NAMES, "other.txt", "INDEX.HTML"])
+def test_only_the_names_a_preview_has_are_artifacts(name: str, data_dir: Path) -> None:
+    """Given a stored preview, any name but its own files' is an unknown artifact."""
+    store = FileStore(data_dir)
+    digest = store_preview(store, load_payload(MINIMAL)).hash
+    assert read_artifact(store, digest, "index.html")[1] == "text/html; charset=utf-8"
+    with pytest.raises(UnknownArtifact):
+        read_artifact(store, digest, name)
 
 
 def test_a_good_path_stays_inside_the_data_directory(data_dir: Path) -> None:
     """A valid hash and name resolve below DATA_DIR/previews."""
-    path = ArtifactStore(data_dir).path_of("ab" * 32, "thumbnail.png")
+    path = FileStore(data_dir).path_of("ab" * 32, "thumbnail.png")
     assert path.resolve().is_relative_to((data_dir / "previews").resolve())
     assert path.name == "thumbnail.png"
 
@@ -156,9 +169,9 @@ def test_a_data_directory_that_cannot_exist_raises_a_clear_error(tmp_path: Path)
     """Given DATA_DIR below a regular file, storing fails with StorageError and creates nothing."""
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where a directory should be")
-    store = ArtifactStore(blocker / "data")
+    store = FileStore(blocker / "data")
     with pytest.raises(StorageError, match="cannot write artifacts under"):
-        store.store_preview(load_payload(MINIMAL))
+        store_preview(store, load_payload(MINIMAL))
     assert entries(tmp_path) == ["not-a-directory"]
 
 
@@ -169,7 +182,7 @@ def test_a_read_only_data_directory_raises_a_clear_error(data_dir: Path) -> None
     data_dir.chmod(0o500)
     try:
         with pytest.raises(StorageError):
-            ArtifactStore(data_dir).store_preview(load_payload(MINIMAL))
+            store_preview(FileStore(data_dir), load_payload(MINIMAL))
         assert entries(data_dir) == []
     finally:
         data_dir.chmod(0o700)
@@ -181,7 +194,7 @@ def test_a_failed_write_leaves_no_partial_directory(
 ) -> None:
     """Given a disk error while writing or renaming, StorageError is raised and nothing is left."""
     written: list[Path] = []
-    real_write = storage._write_file
+    real_write = filesystem._write_file
 
     def write_then_fail(path: Path, data: bytes) -> None:
         real_write(path, data)
@@ -193,12 +206,12 @@ def test_a_failed_write_leaves_no_partial_directory(
         raise OSError(errno.EIO, "Input/output error")
 
     if failing == "write":
-        monkeypatch.setattr(storage, "_write_file", write_then_fail)
+        monkeypatch.setattr(filesystem, "_write_file", write_then_fail)
     else:
         monkeypatch.setattr(os, "rename", rename_fails)
-    store = ArtifactStore(data_dir)
+    store = FileStore(data_dir)
     with pytest.raises(StorageError):
-        store.store_preview(load_payload(MINIMAL))
+        store_preview(store, load_payload(MINIMAL))
     assert [path.name for path in (data_dir / "previews").rglob("*") if path.is_file()] == []
     assert all(not path.name.startswith(".") for path in (data_dir / "previews").rglob("*"))
 
@@ -207,14 +220,14 @@ def test_a_writer_that_loses_the_race_keeps_the_winners_copy(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Given the hash appears while we render, we succeed, keep the first copy, leave no temp."""
-    store = ArtifactStore(data_dir)
-    winner = store.store_preview(load_payload(FULL))
-    assert winner.directory is not None
-    before = {path.name: path.stat().st_ino for path in winner.directory.iterdir()}
-    monkeypatch.setattr(ArtifactStore, "exists", lambda self, digest: False)
-    loser = store.store_preview(load_payload(FULL))
+    store = FileStore(data_dir)
+    winner = store_preview(store, load_payload(FULL))
+    assert winner.location is not None
+    before = {path.name: path.stat().st_ino for path in Path(winner.location).iterdir()}
+    monkeypatch.setattr(FileStore, "exists", lambda self, digest: False)
+    loser = store_preview(store, load_payload(FULL))
     assert loser.hash == winner.hash and not loser.cached and loser.files == winner.files
-    assert {path.name: path.stat().st_ino for path in winner.directory.iterdir()} == before
+    assert {path.name: path.stat().st_ino for path in Path(winner.location).iterdir()} == before
     assert entries(data_dir / "previews" / winner.hash[:2]) == sorted(
         [winner.hash] + [f"{winner.hash}/{name}" for name in before]
     )
@@ -225,9 +238,9 @@ def test_a_writer_that_loses_the_race_keeps_the_winners_copy(
 RACER = """
 import json, sys, time
 from pathlib import Path
-from preview_worker import storage
+from preview_worker import previews, store
 root, payload, me, other = sys.argv[1:5]
-render = storage.render_files
+render = previews.render_files
 def render_then_wait(preview, checkpoint):
     files = render(preview, checkpoint)
     Path(me).touch()
@@ -235,8 +248,8 @@ def render_then_wait(preview, checkpoint):
     while not Path(other).exists() and time.monotonic() < deadline:
         time.sleep(0.001)
     return files
-storage.render_files = render_then_wait
-stored = storage.ArtifactStore(root).store_preview(json.loads(Path(payload).read_text()))
+previews.render_files = render_then_wait
+stored = previews.store_preview(store.FileStore(root), json.loads(Path(payload).read_text()))
 print(json.dumps(stored.as_dict()))
 """
 
@@ -269,12 +282,12 @@ def test_two_processes_storing_one_preview_at_once_both_succeed(tmp_path: Path) 
             for name in ("index.html", "manifest.json", "thumbnail.png")
         ]
     )
-    assert_complete(ArtifactStore(data_dir), digest)
+    assert_complete(FileStore(data_dir), digest)
 
 
 def test_stored_preview_reports_small_json(data_dir: Path) -> None:
     """The result of a store is JSON-able and says nothing about server paths."""
-    stored = ArtifactStore(data_dir).store_preview(load_payload(MINIMAL))
+    stored = store_preview(FileStore(data_dir), load_payload(MINIMAL))
     assert isinstance(stored, StoredPreview)
     data = json.loads(json.dumps(stored.as_dict()))
     assert set(data) == {"artifactHash", "artifacts", "cached", "dryRun"}
@@ -284,8 +297,8 @@ def test_stored_preview_reports_small_json(data_dir: Path) -> None:
 
 def test_directories_abandoned_by_killed_writers_are_removed(data_dir: Path) -> None:
     """Given an old and a fresh temporary directory, only the old one is removed."""
-    store = ArtifactStore(data_dir)
-    stored = store.store_preview(load_payload(MINIMAL))
+    store = FileStore(data_dir)
+    stored = store_preview(store, load_payload(MINIMAL))
     shard = data_dir / "previews" / stored.hash[:2]
     old, fresh = shard / f".{stored.hash}.old", shard / f".{stored.hash}.fresh"
     for path in (old, fresh):

@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask import Blueprint, Response, g, request, url_for
 
 from preview_worker import dead_letters, queueing
-from preview_worker.app import Preview, error_response, preview_of
+from preview_worker.previews import ARTIFACT_POLICY, UnknownArtifact, read_artifact
 from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, parse_payload, validate_payload
-from preview_worker.storage import CONTENT_TYPES, InvalidArtifactPath
+from preview_worker.web.shared import answer, error_response, shared
 
 blueprint = Blueprint("preview", __name__)
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,300}$")  # what RQ accepts as a job id
-# A preview page may show its own inline styles and images, and nothing from elsewhere.
-ARTIFACT_POLICY = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-    "script-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-
-
-def shared() -> Preview:
-    """Return the application's shared parts."""
-    return preview_of(current_app)
-
-
-def answer(body: Any, status: int = 200, **headers: str) -> Response:
-    """Return a JSON answer with a status and headers."""
-    response = jsonify(body)
-    response.status_code = status
-    response.headers.update(headers)
-    return response
-
-
 def checked_job_id(job_id: str) -> str:
     """Refuse a job id RQ could never have made, as an unknown job."""
     if not JOB_ID.match(job_id):
@@ -86,14 +65,8 @@ def job_status(job_id: str) -> Response:
     result = status.get("result")
     if isinstance(result, dict) and not result.get("dryRun"):
         for artifact in result.get("artifacts", []):
-            artifact["url"] = artifact_url(result["artifactHash"], artifact["name"])
+            artifact["url"] = shared().signer.url(result["artifactHash"], artifact["name"])
     return answer(status)
-
-
-def artifact_url(digest: str, name: str) -> str:
-    """Return the signed, expiring URL of one artifact."""
-    token = shared().signer.token(digest, name)
-    return url_for("preview.artifact", digest=digest, name=name, token=token)
 
 
 @blueprint.delete("/job/<job_id>")
@@ -118,7 +91,7 @@ def health() -> Response:
 @blueprint.get("/metrics")
 def queue_metrics() -> Response:
     """Answer the queues' figures as JSON, for people and scripts."""
-    from preview_worker.collectors import queue_picture
+    from preview_worker.observe.figures import queue_picture
 
     return answer(queue_picture(shared().connection, shared().settings))
 
@@ -157,13 +130,11 @@ def artifact(digest: str, name: str) -> Response:
     if not shared().signer.allows(request.args.get("token", ""), digest, name):
         return error_response(403, "forbidden", "the artifact link is invalid or expired")
     try:
-        path = shared().store.path_of(digest, name)
-    except InvalidArtifactPath:
-        return error_response(404, "not_found", "no such artifact")
-    if not path.is_file():
+        data, content_type = read_artifact(shared().store, digest, name)
+    except UnknownArtifact:
         return error_response(404, "not_found", "no such artifact")
     # Artifacts are small and never change under their hash: read whole, cache for long.
-    response = Response(path.read_bytes(), mimetype=CONTENT_TYPES[name])
+    response = Response(data, mimetype=content_type)
     response.headers["Cache-Control"] = "private, max-age=3600, immutable"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = ARTIFACT_POLICY
@@ -173,6 +144,6 @@ def artifact(digest: str, name: str) -> Response:
 @blueprint.get("/openapi.json")
 def openapi() -> Response:
     """Answer the OpenAPI 3.1 description of this API."""
-    from preview_worker.openapi import openapi_document
+    from preview_worker.web.openapi import openapi_document
 
     return answer(openapi_document())

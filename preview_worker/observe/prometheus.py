@@ -1,17 +1,9 @@
-"""Prometheus collectors and a JSON picture of the queues, both read from Redis when asked.
-
-Nothing is counted in the process that serves the scrape: outcomes and durations come from
-the hash that every worker and API process writes (see metrics.py), queue figures from the
-queues themselves, so any number of gunicorn processes and worker hosts give one answer.
-"""
+"""Prometheus export of the queue figures, read from Redis at every scrape."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 from prometheus_client.metrics_core import (
@@ -21,59 +13,11 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from preview_worker import metrics, queueing
-from preview_worker.health import QueueFigures, WorkerFigures, read_queues, read_workers
-from preview_worker.metrics import DurationHistogram
+from preview_worker.observe.figures import QueueFigures, QueuePicture, read_picture
+from preview_worker.observe.outcomes import OUTCOMES, bound_name
 from preview_worker.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class QueuePicture:
-    """Every queue figure the service exports, read at one moment."""
-
-    queues: list[QueueFigures] = field(default_factory=list)
-    workers: WorkerFigures = field(default_factory=lambda: WorkerFigures(0, 0, 0))
-    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
-    durations: dict[str, DurationHistogram] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the picture as the JSON metrics answer gives it."""
-        return {
-            "queues": {queue.name: self._queue_dict(queue) for queue in self.queues},
-            "workers": self.workers.as_dict(),
-        }
-
-    def _queue_dict(self, queue: QueueFigures) -> dict[str, Any]:
-        """Return one queue's figures, outcomes and durations."""
-        histogram = self.durations.get(queue.name, DurationHistogram())
-        mean = histogram.total / histogram.count if histogram.count else None
-        return {
-            **queue.as_dict(),
-            "outcomes": {o: self.outcomes.get((queue.name, o), 0) for o in metrics.OUTCOMES},
-            "durations": {
-                "count": histogram.count,
-                "sumSeconds": round(histogram.total, 6),
-                "meanSeconds": round(mean, 6) if mean is not None else None,
-            },
-        }
-
-
-def read_picture(connection: redis.Redis, settings: Settings) -> QueuePicture:
-    """Read every figure from Redis (a few round trips); raise redis.RedisError when down."""
-    names = queueing.queue_names(settings)
-    return QueuePicture(
-        queues=read_queues(connection, settings),
-        workers=read_workers(connection, settings),
-        outcomes=metrics.read_outcomes(connection),
-        durations=metrics.read_durations(connection, names),
-    )
-
-
-def queue_picture(connection: redis.Redis, settings: Settings) -> dict[str, Any]:
-    """Return the queues' figures as JSON-able data, for GET /api/preview/metrics."""
-    return read_picture(connection, settings).as_dict()
 
 
 class QueueCollector:
@@ -130,7 +74,7 @@ def _jobs(picture: QueuePicture) -> CounterMetricFamily:
         labels=["queue", "outcome"],
     )
     for queue in picture.queues:
-        for outcome in metrics.OUTCOMES:
+        for outcome in OUTCOMES:
             family.add_metric([queue.name, outcome], picture.outcomes.get((queue.name, outcome), 0))
     return family
 
@@ -142,14 +86,9 @@ def _durations(picture: QueuePicture) -> HistogramMetricFamily:
     )
     for queue in picture.queues:
         histogram = picture.durations[queue.name]
-        buckets = [(_le(bound), float(count)) for bound, count in histogram.buckets]
+        buckets = [(bound_name(bound), float(count)) for bound, count in histogram.buckets]
         family.add_metric([queue.name], buckets, sum_value=histogram.total)
     return family
-
-
-def _le(bound: float) -> str:
-    """Write a bucket's upper bound as Prometheus does."""
-    return "+Inf" if math.isinf(bound) else repr(bound)
 
 
 def _per_queue(

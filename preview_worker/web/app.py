@@ -1,4 +1,7 @@
-"""create_app(): the Flask application, each part wired by its own init function."""
+"""create_app(): the Flask application, each part wired by its own init function.
+
+Nothing imports this module but the entry points (the server, the command line) and tests.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +10,22 @@ import logging
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_request_context, request
 from rq.exceptions import NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
-from preview_worker import queueing
+from preview_worker.connections import connect
 from preview_worker.embedded_redis import known_redis_url
-from preview_worker.logs import configure_logging
+from preview_worker.logs import configure_logging, use_request_ids
 from preview_worker.settings import Settings, SettingsError, load_settings
-from preview_worker.signing import ArtifactSigner, signer_for
-from preview_worker.storage import ArtifactStore
+from preview_worker.signing import API_PREFIX, signer_for
+from preview_worker.store import store_for
+from preview_worker.web.api import blueprint
+from preview_worker.web.dashboard import init_dashboard
+from preview_worker.web.shared import EXTENSION, Preview, error_response, preview_of
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +36,6 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 SIGNED_ENDPOINTS = {"preview.artifact"}
 # Probes and scrapers, open without a token unless PREVIEW_OPEN_PROBES=false.
 PROBE_ENDPOINTS = {"preview.health", "preview.queue_metrics", "prometheus_metrics"}
-
-
-@dataclass
-class Preview:
-    """What the views share: settings, the Redis connection, the store and the signer."""
-
-    settings: Settings
-    connection: redis.Redis
-    store: ArtifactStore
-    signer: ArtifactSigner
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -57,10 +51,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     redis_url = app.config.get("REDIS_URL") or known_redis_url(settings)
     if not redis_url:
         raise SettingsError("REDIS_URL is not set and no development Redis is running")
-    app.extensions["preview"] = Preview(
+    app.extensions[EXTENSION] = Preview(
         settings=settings,
-        connection=queueing.connect(redis_url),
-        store=ArtifactStore(settings.data_dir),
+        connection=connect(redis_url),
+        store=store_for(settings),
         signer=signer_for(settings),
     )
     if not app.config.get("TESTING"):
@@ -84,19 +78,15 @@ def check_production(settings: Settings) -> None:
         log.warning("no PREVIEW_API_TOKENS: the API is open to anyone (development only)")
 
 
-def preview_of(app: Flask) -> Preview:
-    """Return the shared parts of an application."""
-    shared: Preview = app.extensions["preview"]
-    return shared
-
-
 def init_request_ids(app: Flask) -> None:
-    """Take a safe X-Request-ID or make one, and echo it on every answer."""
+    """Take a safe X-Request-ID or make one; echo it on every answer and stamp it on logs."""
 
     @app.before_request
     def take_request_id() -> None:
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+
+    use_request_ids(current_request_id)
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:
@@ -123,16 +113,6 @@ def init_auth(app: Flask) -> None:
         answer = error_response(401, "unauthorized", "a valid bearer token is required")
         answer.headers["WWW-Authenticate"] = 'Bearer realm="preview"'
         return answer
-
-
-def error_response(http_status: int, code: str, message: str, **extra: Any) -> Response:
-    """Return the JSON error envelope every failed call answers with."""
-    from flask import jsonify
-
-    body = {"error": code, "message": message, "requestId": g.get("request_id"), **extra}
-    response = jsonify(body)
-    response.status_code = http_status
-    return response
 
 
 def init_errors(app: Flask) -> None:
@@ -169,11 +149,14 @@ def init_errors(app: Flask) -> None:
         return error_response(500, "internal_error", "something went wrong on our side")
 
 
+def current_request_id() -> str | None:
+    """Return the id of the request this thread serves, or None outside a request."""
+    return g.get("request_id") if has_request_context() else None
+
+
 def init_api(app: Flask) -> None:
     """Mount the preview blueprint at /api/preview."""
-    from preview_worker.api import blueprint
-
-    app.register_blueprint(blueprint, url_prefix="/api/preview")
+    app.register_blueprint(blueprint, url_prefix=API_PREFIX)
 
 
 def init_metrics(app: Flask) -> None:
@@ -181,7 +164,7 @@ def init_metrics(app: Flask) -> None:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_flask_exporter import PrometheusMetrics
 
-    from preview_worker.collectors import QueueCollector
+    from preview_worker.observe.prometheus import QueueCollector
 
     shared = preview_of(app)
     scraped = CollectorRegistry(auto_describe=True)
@@ -200,41 +183,3 @@ def init_metrics(app: Flask) -> None:
     @http.do_not_track()  # type: ignore[untyped-decorator]
     def prometheus_metrics() -> Response:
         return Response(generate_latest(scraped), mimetype=CONTENT_TYPE_LATEST)
-
-
-def init_dashboard(app: Flask, redis_url: str) -> None:
-    """Mount rq-dashboard at /rq behind the same auth, with its writes kept off GET."""
-    import rq_dashboard
-    from rq_dashboard.web import setup_rq_connection
-
-    # Its pages show the URL, masking a password in the user info but not ?password=...:
-    # that one it gets apart, as RQ_DASHBOARD_REDIS_PASSWORD.
-    parts = urlsplit(redis_url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    password = dict(query).get("password")
-    if password is not None:
-        app.config.setdefault("RQ_DASHBOARD_REDIS_PASSWORD", password)
-        kept = urlencode([(name, value) for name, value in query if name != "password"])
-        redis_url = parts._replace(query=kept).geturl()
-    app.config.setdefault("RQ_DASHBOARD_REDIS_URL", [redis_url])
-    app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
-    # Its routes without an instance number (favicon, static files, job and queue actions)
-    # use a connection only this sets up; without it they crash as a process's first call.
-    setup_rq_connection(app)
-
-    @app.before_request
-    def guard_dashboard_writes() -> Response | None:
-        if not request.path.startswith("/rq/"):
-            return None
-        if request.method == "GET" and request.path.startswith("/rq/requeue/"):
-            return error_response(405, "method_not_allowed", "requeue needs a POST")
-        if request.method == "POST" and not same_origin():
-            return error_response(403, "forbidden", "cross-site dashboard request refused")
-        return None
-
-
-def same_origin() -> bool:
-    """Tell whether a browser request came from a page of this very host (a CSRF check)."""
-    source = request.headers.get("Origin") or request.headers.get("Referer") or ""
-    host = request.host_url.rstrip("/")
-    return source == host or source.startswith(host + "/")

@@ -1,0 +1,19 @@
+"""Connections to Redis, opened one way for the API, the workers and the command line."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+
+def connect(url: str) -> redis.Redis:
+    """Open a Redis connection for RQ (bytes, not decoded strings) that fails fast when down."""
+    # Two quick retries ride out a blip; more would keep an API request waiting for seconds.
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+    )

@@ -1,0 +1,20 @@
+"""Failures that decide what happens to a job: retried, dead-lettered at once, or stopped."""
+
+from __future__ import annotations
+
+
+class PermanentError(Exception):
+    """A failure that no retry can mend (an invalid payload, content that cannot render)."""
+
+
+class InvalidPayload(PermanentError):
+    """The payload broke the schema when the worker checked it again."""
+
+
+class PreviewStopped(PermanentError):
+    """The job was stopped on request while it ran."""
+
+
+def is_permanent(exc_type: type[BaseException] | None) -> bool:
+    """Tell whether a failure of this type goes to the dead-letter queue without retries."""
+    return exc_type is not None and issubclass(exc_type, PermanentError)

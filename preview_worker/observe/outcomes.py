@@ -1,0 +1,107 @@
+"""How jobs end, counted once in Redis, so every worker and API process on every host adds up.
+
+Hooks, cancel and recovery may all see the same end of a job; each end counts once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import redis
+from rq.job import Job
+from rq.utils import utcformat
+
+from preview_worker import keys
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = (
+    "enqueued", "duplicate", "rejected", "succeeded", "retried", "dead_lettered", "canceled"
+)
+# Upper bounds of the duration histogram's buckets, in seconds.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
+
+
+def bound_name(bound: float) -> str:
+    """Name a bucket bound the way Prometheus does."""
+    return "+Inf" if math.isinf(bound) else repr(bound)
+
+
+# One round trip per job end: claim it (when asked), count it, add its duration.
+RECORD = """
+if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], 1) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+if ARGV[2] ~= '' then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  redis.call('HINCRBYFLOAT', KEYS[2], 'sum', ARGV[3])
+  redis.call('HINCRBY', KEYS[2], 'count', 1)
+end
+return 1
+"""
+
+
+def record_outcome(
+    connection: redis.Redis,
+    queue: str,
+    outcome: str,
+    duration: float | None = None,
+    settle: str | None = None,
+) -> bool:
+    """Count one outcome of a job on a queue (and its duration); never raise.
+
+    With settle=the key of a job's end, the outcome counts only if nobody counted that
+    end before: each end is counted once, whoever sees it (a hook, cancel, recovery).
+    """
+    bucket, seconds = "", ""
+    if duration is not None:
+        seconds = repr(max(duration, 0.0))
+        bucket = f"le:{bound_name(next(b for b in DURATION_BUCKETS if float(seconds) <= b))}"
+    try:
+        script = connection.register_script(RECORD)
+        counted = script(
+            keys=[keys.OUTCOMES, keys.durations_key(queue), keys.COUNTED],
+            args=[f"{queue}|{outcome}", bucket, seconds, settle or ""],
+        )
+        return bool(counted)
+    except Exception:  # a recorder observes: its failure must never fail a job
+        log.exception("could not record outcome %s of a job on %s", outcome, queue)
+        return False
+
+
+def duration_of(job: Job) -> float | None:
+    """Return how long the job's last attempt ran, in seconds, when known."""
+    if job.started_at and job.ended_at:
+        return (job.ended_at - job.started_at).total_seconds()
+    return None
+
+
+def end_key(job_id: str, enqueued_at: str) -> str:
+    """Name one end of a job: a requeued or resubmitted job, enqueued anew, ends anew."""
+    return f"{job_id}@{enqueued_at}"
+
+
+def end_key_of(job: Job) -> str:
+    """Name the end of a job's current enqueueing, as RQ records its enqueue time."""
+    return end_key(job.id, utcformat(job.enqueued_at) if job.enqueued_at else "")
+
+
+def record_end(
+    connection: redis.Redis, job: Job, outcome: str, duration: float | None = None
+) -> None:
+    """Count a job's end unless it was counted already.
+
+    Hooks, cancel and recovery may all see the same end; only the first counts it. Hooks run
+    before RQ saves the job's new status, so they leave forgetting the job to recovery,
+    which sees the saved status; a worker killed in between leaves a job recovery still
+    watches.
+    """
+    record_outcome(connection, job.origin, outcome, duration, settle=end_key_of(job))
+
+
+def forget(connection: redis.Redis, job_id: str, key: str) -> None:
+    """Stop watching a job whose end is saved, and drop the mark that it was counted."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.zrem(keys.ACCEPTED, job_id)
+        pipe.hdel(keys.COUNTED, key)
+        pipe.execute()

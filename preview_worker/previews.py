@@ -1,0 +1,141 @@
+"""A payload becomes stored artifacts: validate, hash, render, store, describe, dry run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from preview_worker import render
+from preview_worker.errors import InvalidPayload
+from preview_worker.render import Checkpoint, preview_hash, render_files, render_input
+from preview_worker.render.page import CONTENT_SECURITY_POLICY
+from preview_worker.schema import validate_payload
+from preview_worker.store import ArtifactStore, InvalidArtifactPath
+
+MANIFEST = "manifest.json"
+CONTENT_TYPES = {name: content_type for name, content_type in render.ARTIFACTS.values()} | {
+    MANIFEST: "application/json"
+}
+# Served artifacts keep the page's own policy, and may not be framed by anyone.
+ARTIFACT_POLICY = f"{CONTENT_SECURITY_POLICY}; script-src 'none'; frame-ancestors 'none'"
+
+
+class UnknownArtifact(LookupError):
+    """No stored preview has this file: a bad hash, a name we never write, or not stored."""
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """One file of a preview, as listed in its manifest."""
+
+    name: str
+    size: int  # bytes
+    sha256: str
+    content_type: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the file as the JSON object of the manifest (camelCase)."""
+        return {
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "contentType": self.content_type,
+        }
+
+
+@dataclass(frozen=True)
+class StoredPreview:
+    """What storing a preview did: its hash, its files, and whether anything was written."""
+
+    hash: str
+    files: list[ArtifactFile] = field(default_factory=list)
+    cached: bool = False  # the artifacts existed already and nothing was rendered
+    dry_run: bool = False  # rendered in memory; nothing was written
+    location: str | None = None  # where the store keeps the artifacts; None on a dry run
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a small JSON-able summary, fit for a job result or the command line."""
+        # The location stays out: a server's paths are no business of an HTTP client.
+        return {
+            "artifactHash": self.hash,
+            "artifacts": [item.as_dict() for item in self.files],
+            "cached": self.cached,
+            "dryRun": self.dry_run,
+        }
+
+
+def describe(name: str, data: bytes) -> ArtifactFile:
+    """Return the manifest entry of a file's bytes."""
+    return ArtifactFile(name, len(data), hashlib.sha256(data).hexdigest(), CONTENT_TYPES[name])
+
+
+def manifest_bytes(digest: str, files: list[ArtifactFile]) -> bytes:
+    """Return the manifest of a preview: its hash, the renderer version and every file."""
+    entries = [item.as_dict() for item in sorted(files, key=lambda item: item.name)]
+    data = {"hash": digest, "rendererVersion": render.RENDERER_VERSION, "files": entries}
+    return json.dumps(data, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def read_manifest(store: ArtifactStore, digest: str) -> dict[str, Any]:
+    """Return the manifest of a stored preview; FileNotFoundError when there is none."""
+    manifest: dict[str, Any] = json.loads(store.read(digest, MANIFEST))
+    return manifest
+
+
+def stored_preview(store: ArtifactStore, digest: str) -> StoredPreview:
+    """Describe a preview already in the store."""
+    files = [
+        ArtifactFile(item["name"], item["size"], item["sha256"], item["contentType"])
+        for item in read_manifest(store, digest)["files"]
+    ]
+    return StoredPreview(digest, files, cached=True, location=store.location(digest))
+
+
+def check_payload(payload: Any) -> None:
+    """Raise InvalidPayload, naming every problem, unless the payload is valid."""
+    problems = validate_payload(payload)
+    if problems:
+        raise InvalidPayload("; ".join(str(problem) for problem in problems)[:1000])
+
+
+def store_preview(
+    store: ArtifactStore, payload: dict[str, Any], checkpoint: Checkpoint | None = None
+) -> StoredPreview:
+    """Render a valid payload into the store, unless stored already; dryRun writes nothing.
+
+    checkpoint hears each stage (each format, then "write") before it starts.
+    """
+    check = checkpoint or (lambda stage: None)
+    preview = render_input(payload)
+    digest = preview_hash(preview)
+    if payload.get("dryRun") is True:
+        files = render_files(preview, check)
+        return StoredPreview(digest, [describe(name, data) for name, data in files.items()],
+                             dry_run=True)
+    if store.exists(digest):
+        return stored_preview(store, digest)
+    files = render_files(preview, check)
+    listed = [describe(name, data) for name, data in files.items()]
+    check("write")
+    store.put(digest, files | {MANIFEST: manifest_bytes(digest, listed)})
+    return StoredPreview(digest, listed, location=store.location(digest))
+
+
+def build_preview(
+    store: ArtifactStore, payload: Any, checkpoint: Checkpoint | None = None
+) -> StoredPreview:
+    """Check a payload, then render and store its preview: what a worker does with a job."""
+    check_payload(payload)
+    return store_preview(store, payload, checkpoint)
+
+
+def read_artifact(store: ArtifactStore, digest: str, name: str) -> tuple[bytes, str]:
+    """Return one stored artifact and its content type, or raise UnknownArtifact."""
+    if name not in CONTENT_TYPES:
+        raise UnknownArtifact(f"no artifact is called {name!r}")
+    try:
+        return store.read(digest, name), CONTENT_TYPES[name]
+    except (InvalidArtifactPath, FileNotFoundError, NotADirectoryError):
+        raise UnknownArtifact(f"no artifact {digest}/{name}") from None

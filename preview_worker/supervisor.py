@@ -1,0 +1,132 @@
+"""The supervisor of `preview-worker run` and `worker`: Redis for development, API, worker pool."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import redis
+
+from preview_worker.connections import connect
+from preview_worker.embedded_redis import (
+    EmbeddedRedis,
+    development_url_file,
+    running_development_url,
+)
+from preview_worker.settings import Settings
+from preview_worker.worker import WorkerPool
+
+API_STOP_TIMEOUT = 30  # seconds gunicorn may take to drain its requests on SIGTERM
+
+
+class ServiceError(RuntimeError):
+    """The service cannot start: its port or its development Redis is taken."""
+
+
+@contextlib.contextmanager
+def service_redis(settings: Settings) -> Iterator[str]:
+    """Yield REDIS_URL, or start an embedded persistent Redis under DATA_DIR for development."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    url_file = development_url_file(settings.data_dir)
+    running = running_development_url(settings.data_dir)
+    if running and answers(running):
+        raise ServiceError(
+            f"a development service already runs on this DATA_DIR (Redis at {running}); "
+            "stop it first, or set REDIS_URL to share its Redis"
+        )
+    with EmbeddedRedis(data_dir=url_file.parent, persistent=True) as server:
+        url_file.write_text(server.url, "utf-8")
+        print(f"started an embedded Redis at {server.url} (set REDIS_URL to use your own)",
+              flush=True)
+        try:
+            yield server.url
+        finally:
+            url_file.unlink(missing_ok=True)
+
+
+def answers(url: str) -> bool:
+    """Tell whether a Redis answers at a URL."""
+    with connect(url) as connection:
+        try:
+            return bool(connection.ping())
+        except redis.RedisError:
+            return False
+
+
+def port_is_free(bind: str) -> bool:
+    """Tell whether nothing listens on a host:port yet."""
+    host, _, port = bind.rpartition(":")
+    with socket.socket() as probe:
+        return probe.connect_ex((host or "127.0.0.1", int(port))) != 0
+
+
+def check_redis(url: str) -> redis.Redis:
+    """Return a connection to a Redis that answers, or raise ServiceError saying why not."""
+    connection = connect(url)
+    try:
+        connection.ping()
+    except redis.RedisError as error:
+        connection.close()
+        # The error names the cause (refused, wrong password), never the URL's password.
+        raise ServiceError(f"Redis is unreachable: {error}") from None
+    return connection
+
+
+def run_workers(
+    settings: Settings,
+    concurrency: int | None = None,
+    kind: str = "simple",
+    burst: bool = False,
+    max_jobs: int | None = None,
+) -> None:
+    """Run a worker pool until it is told to stop, on a Redis that answers first."""
+    with service_redis(settings) as url:
+        check_redis(url).close()  # a wrong password or address: one line, not a crash loop
+        run_pool(settings, url, concurrency, kind, burst, max_jobs)
+
+
+def run_pool(
+    settings: Settings,
+    redis_url: str,
+    concurrency: int | None = None,
+    kind: str = "simple",
+    burst: bool = False,
+    max_jobs: int | None = None,
+) -> None:
+    """Run a pool of workers on the settings' queues until it is told to stop."""
+    WorkerPool(
+        redis_url=redis_url,
+        settings=settings,
+        concurrency=concurrency or settings.worker_concurrency,
+        kind=kind,
+        burst=burst,
+        max_jobs=max_jobs or settings.worker_max_jobs,
+    ).run()
+
+
+def run_service(settings: Settings, bind: str) -> None:
+    """Run the whole service: the API (gunicorn), a worker pool, and Redis if none is set."""
+    if not port_is_free(bind):
+        raise ServiceError(f"something already listens on {bind}: is the service running?")
+    with service_redis(settings) as url:
+        api = subprocess.Popen(
+            [sys.executable, "-m", "preview_worker", "serve", "--bind", bind],
+            env={**os.environ, "REDIS_URL": url},
+        )
+        base = f"http://{bind}"
+        print(f"API        {base}/api/preview/job\n"
+              f"dashboard  {base}/rq/\n"
+              f"metrics    {base}/metrics\n"
+              f"health     {base}/api/preview/worker/health\n"
+              "Ctrl-C stops it all.", flush=True)
+        try:
+            run_pool(settings, url)
+        finally:
+            api.terminate()  # gunicorn drains its requests on SIGTERM
+            api.wait(API_STOP_TIMEOUT)

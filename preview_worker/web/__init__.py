@@ -1,0 +1,8 @@
+"""The HTTP face: the blueprint's views, what they share, the app factory and its server.
+
+shared.py   the parts every view uses and the answers they give (the error envelope)
+api.py      the /api/preview blueprint: thin views over the core
+dashboard.py  rq-dashboard at /rq, with its writes guarded
+app.py      create_app(): wires settings, Redis, the store, auth, errors and metrics
+server.py   gunicorn serving create_app()
+"""
