@@ -1,10 +1,9 @@
-"""Noto fonts from the manimgx-fonts wheels, each loaded once per process, with fallback."""
+"""Noto fonts shipped in the package (render/noto/), each loaded once per process, with fallback."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
@@ -12,21 +11,23 @@ from PIL import ImageFont
 
 REGULAR = 400  # font weights, on the OpenType scale
 BOLD = 700
+# Unmodified Noto files, with their licence (OFL.txt): shipped, so that no font release
+# elsewhere can change the bytes of a thumbnail without a new RENDERER_VERSION.
+FONT_DIR = Path(__file__).resolve().parent / "noto"
 
 
 @dataclass(frozen=True)
 class FontSource:
-    """One face in a font file shipped by a Python package."""
+    """One face in a font file shipped with the renderer."""
 
-    package: str
     filename: str
     index: int = 0  # the face in a font collection (.ttc)
 
 
-NOTO_SANS = FontSource("manimgx_fonts", "NotoSans[wght].ttf")  # Latin, Greek, Cyrillic
-NOTO_SYMBOLS = FontSource("manimgx_fonts", "NotoSansSymbols[wght].ttf")
-NOTO_EMOJI = FontSource("manimgx_fonts", "NotoEmoji[wght].ttf")  # outlines, one colour
-NOTO_CJK = "NotoSansCJK-VF.otf.ttc"  # in manimgx_fonts_cjk; faces JP, KR, SC, TC, HK
+NOTO_SANS = FontSource("NotoSans[wght].ttf")  # Latin, Greek, Cyrillic
+NOTO_SYMBOLS = FontSource("NotoSansSymbols[wght].ttf")
+NOTO_EMOJI = FontSource("NotoEmoji[wght].ttf")  # outlines, one colour
+NOTO_CJK = "NotoSansCJK-VF.otf.ttc"  # faces JP, KR, SC, TC, HK
 
 # The face of Noto Sans CJK whose Han glyphs follow a language's conventions.
 _CJK_FACES = {
@@ -44,7 +45,7 @@ _CJK_FACES = {
 
 
 class FontMissing(RuntimeError):
-    """A font file the thumbnail needs is not installed."""
+    """A font file the thumbnail needs is missing from the install."""
 
 
 def cjk_face(language: str) -> int:
@@ -98,19 +99,15 @@ class FontChain:
 @functools.lru_cache(maxsize=64)
 def fallback_chain(language: str) -> FontChain:
     """Return the faces to try, in order, for the characters of a text in a language."""
-    cjk = FontSource("manimgx_fonts_cjk", NOTO_CJK, cjk_face(language))
+    cjk = FontSource(NOTO_CJK, cjk_face(language))
     return FontChain((NOTO_SANS, cjk, NOTO_SYMBOLS, NOTO_EMOJI))
 
 
 def font_path(source: FontSource) -> Path:
-    """Return the file of a font source, or raise FontMissing naming the package to install."""
-    try:
-        path = Path(str(resources.files(source.package).joinpath(source.filename)))
-    except ModuleNotFoundError:
-        path = None
-    if path is None or not path.is_file():
-        package = source.package.replace("_", "-")
-        raise FontMissing(f"font {source.filename} not found: install the {package} package")
+    """Return the file of a font source, or raise FontMissing when the install lacks it."""
+    path = FONT_DIR / source.filename
+    if not path.is_file():
+        raise FontMissing(f"font {source.filename} is missing from {FONT_DIR}: reinstall the package")
     return path
 
 
