@@ -203,9 +203,10 @@ def worker(
 ) -> None:
     """Run a pool of workers on high, normal and low, with the retry scheduler and recovery."""
     from preview_worker.supervisor import run_workers
+    from preview_worker.worker import PoolOptions
 
     try:
-        run_workers(settings, concurrency, kind, burst, max_jobs)
+        run_workers(settings, PoolOptions(concurrency, kind, burst, max_jobs))
     except ServiceError as error:
         raise click.ClickException(str(error)) from None
 

@@ -18,7 +18,7 @@ from preview_worker.embedded_redis import (
     running_development_url,
 )
 from preview_worker.settings import Settings
-from preview_worker.worker import WorkerPool
+from preview_worker.worker import PoolOptions, WorkerPool
 
 API_STOP_TIMEOUT = 30  # seconds gunicorn may take to drain its requests on SIGTERM
 
@@ -78,36 +78,11 @@ def check_redis(url: str) -> redis.Redis:
     return connection
 
 
-def run_workers(
-    settings: Settings,
-    concurrency: int | None = None,
-    kind: str = "simple",
-    burst: bool = False,
-    max_jobs: int | None = None,
-) -> None:
+def run_workers(settings: Settings, options: PoolOptions) -> None:
     """Run a worker pool until it is told to stop, on a Redis that answers first."""
     with service_redis(settings) as url:
         check_redis(url).close()  # a wrong password or address: one line, not a crash loop
-        run_pool(settings, url, concurrency, kind, burst, max_jobs)
-
-
-def run_pool(
-    settings: Settings,
-    redis_url: str,
-    concurrency: int | None = None,
-    kind: str = "simple",
-    burst: bool = False,
-    max_jobs: int | None = None,
-) -> None:
-    """Run a pool of workers on the settings' queues until it is told to stop."""
-    WorkerPool(
-        redis_url=redis_url,
-        settings=settings,
-        concurrency=concurrency or settings.worker_concurrency,
-        kind=kind,
-        burst=burst,
-        max_jobs=max_jobs or settings.worker_max_jobs,
-    ).run()
+        WorkerPool.for_settings(url, settings, options).run()
 
 
 def run_service(settings: Settings, bind: str) -> None:
@@ -126,7 +101,7 @@ def run_service(settings: Settings, bind: str) -> None:
               f"health     {base}/api/preview/worker/health\n"
               "Ctrl-C stops it all.", flush=True)
         try:
-            run_pool(settings, url)
+            WorkerPool.for_settings(url, settings).run()
         finally:
             api.terminate()  # gunicorn drains its requests on SIGTERM
             api.wait(API_STOP_TIMEOUT)

@@ -124,6 +124,16 @@ def run_worker(
     )
 
 
+@dataclass(frozen=True)
+class PoolOptions:
+    """How a pool runs, as the command line asks; None takes the settings' value."""
+
+    concurrency: int | None = None  # workers; PREVIEW_WORKER_CONCURRENCY when None
+    kind: str = "simple"  # a key of WORKER_CLASSES
+    burst: bool = False  # stop once the queues are empty
+    max_jobs: int | None = None  # jobs before a worker is replaced; PREVIEW_WORKER_MAX_JOBS
+
+
 @dataclass
 class WorkerPool:
     """Several worker processes on high, normal and low, replaced when they exit."""
@@ -136,6 +146,20 @@ class WorkerPool:
     max_jobs: int | None = None  # jobs before a worker is replaced; None: never
     processes: dict[int, BaseProcess] = field(default_factory=dict)
     stopping: bool = False
+
+    @classmethod
+    def for_settings(
+        cls, redis_url: str, settings: Settings, options: PoolOptions = PoolOptions()
+    ) -> WorkerPool:
+        """Return a pool on a Redis, shaped by the options, else by the settings."""
+        return cls(
+            redis_url=redis_url,
+            settings=settings,
+            concurrency=options.concurrency or settings.worker_concurrency,
+            kind=options.kind,
+            burst=options.burst,
+            max_jobs=options.max_jobs or settings.worker_max_jobs,
+        )
 
     def start_worker(self, index: int) -> None:
         """Start the worker process in slot index."""

@@ -5,24 +5,29 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
 
 from preview_worker import queueing
 from preview_worker.connections import connect
 from preview_worker.embedded_redis import EmbeddedRedis
 from preview_worker.queueing import Submission
 from preview_worker.settings import Settings, get_settings, load_settings
+from preview_worker.web.app import create_app
+from preview_worker.web.shared import preview_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ROOT / "payloads"
 MINIMAL = "preview_payload_minimal.json"
 
+API_TOKEN = "test-token-0123456789abcdef"  # the one token of the app fixture
 # A Redis the tests may flush; never REDIS_URL, which may hold someone's real data.
 TEST_REDIS_URL = os.environ.get("PREVIEW_TEST_REDIS_URL")
 
@@ -99,6 +104,44 @@ def service_environment(redis_url: str, data_dir: Path, **extra: str) -> dict[st
         "PREVIEW_JOB_TIMEOUT": "60",
         **extra,
     }
+
+
+AppMaker = Callable[..., Flask]  # environment variables as keywords -> a test application
+
+
+@pytest.fixture
+def make_app(redis_url: str, data_dir: Path, redis_client: redis.Redis) -> Iterator[AppMaker]:
+    """Give a maker of test applications on the empty test Redis and store, with extra settings.
+
+    make_app(PREVIEW_QUEUE_MAX="1") sets variables on top of the worker environment's;
+    every application made is closed after the test.
+    """
+    made: list[Flask] = []
+
+    def make(**environment: str) -> Flask:
+        """Build a test application with these settings."""
+        settings = load_settings(service_environment(redis_url, data_dir, **environment))
+        application = create_app({"TESTING": True, "SETTINGS": settings})
+        made.append(application)
+        return application
+
+    yield make
+    for application in made:
+        preview_of(application).connection.close()
+
+
+@pytest.fixture
+def app(make_app: AppMaker) -> Flask:
+    """Give a test application with one API token (API_TOKEN)."""
+    return make_app(PREVIEW_API_TOKENS=API_TOKEN)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """Give a test client of the app fixture that sends its bearer token."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {API_TOKEN}"
+    return test_client
 
 
 def load_payload(name: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def start_worker(
     return launch(["worker", *args], environment, log)
 
 
-def start_stock_worker(environment: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+def start_stock_worker(environment: Mapping[str, str], *args: str) -> subprocess.Popen[bytes]:
     """Start a stock `rq worker` with the given settings and arguments."""
     return subprocess.Popen(
         [str(BIN / "rq"), "worker", "-u", environment["REDIS_URL"], *args],
@@ -47,6 +47,20 @@ def start_stock_worker(environment: dict[str, str], *args: str) -> subprocess.Po
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+@contextlib.contextmanager
+def running_worker(
+    environment: Mapping[str, str], *args: str, stock: bool = False, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `preview-worker worker ARGS` (or, stock, `rq worker ARGS`) for a block; then stop it."""
+    worker = start_stock_worker(environment, *args) if stock else start_worker(
+        environment, *args, log=log
+    )
+    try:
+        yield worker
+    finally:
+        stop(worker)
 
 
 def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:

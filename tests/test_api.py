@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,42 +12,19 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from preview_worker import queueing
-from preview_worker.settings import Settings, SettingsError, load_settings
-from preview_worker.web.app import create_app
+from preview_worker.settings import Settings, SettingsError
 from preview_worker.web.openapi import openapi_document
+from preview_worker.web.shared import preview_of
 from preview_worker.worker import PreviewWorker
 
-from .conftest import load_payload, payload, service_environment
+from .conftest import API_TOKEN as TOKEN
+from .conftest import AppMaker, load_payload, payload
 
-TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def api_settings(redis_url: str, data_dir: Path, **extra: str) -> Settings:
-    """Return settings of an API with one token, on the test Redis and store."""
-    return load_settings(
-        service_environment(redis_url, data_dir, PREVIEW_API_TOKENS=TOKEN, **extra)
-    )
 
 
 # Jobs run in this process (by PreviewWorker) read the test Redis and store.
 pytestmark = pytest.mark.usefixtures("worker_environment")
-
-
-@pytest.fixture
-def app(redis_url: str, data_dir: Path, redis_client: redis.Redis) -> Iterator[Flask]:
-    """Give a test application on the test Redis, which is empty."""
-    application = create_app({"TESTING": True, "SETTINGS": api_settings(redis_url, data_dir)})
-    yield application
-    application.extensions["preview"].connection.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    """Give a test client that sends the bearer token."""
-    test_client = app.test_client()
-    test_client.environ_base["HTTP_AUTHORIZATION"] = AUTH["Authorization"]
-    return test_client
 
 
 def queued(connection: redis.Redis, settings: Settings) -> int:
@@ -59,7 +34,7 @@ def queued(connection: redis.Redis, settings: Settings) -> int:
 
 def run_jobs(app: Flask) -> None:
     """Run every queued job with a real worker in this process."""
-    shared = app.extensions["preview"]
+    shared = preview_of(app)
     queues = queueing.queues(shared.connection, shared.settings)
     PreviewWorker(queues, connection=shared.connection).work(burst=True)
 
@@ -85,7 +60,7 @@ def test_submit_answers_202_with_location_then_200_for_a_duplicate(
     assert first.headers["Location"] == f"/api/preview/job/{body['jobId']}"
     second = client.post("/api/preview/job", json=payload(priority="high"))
     assert second.status_code == 200 and second.get_json()["duplicate"] is True
-    assert queued(redis_client, app.extensions["preview"].settings) == 1
+    assert queued(redis_client, preview_of(app).settings) == 1
 
 
 def test_dry_run_validates_and_enqueues_nothing(
@@ -97,7 +72,7 @@ def test_dry_run_validates_and_enqueues_nothing(
     assert response.get_json() == {
         "valid": True, "jobId": queueing.job_id_for(payload()), "queue": "normal"
     }
-    assert queued(redis_client, app.extensions["preview"].settings) == 0
+    assert queued(redis_client, preview_of(app).settings) == 0
 
 
 BAD_BODIES = [
@@ -136,7 +111,7 @@ def test_bad_bodies_get_an_envelope_and_enqueue_nothing(
     """Given a bad body, the answer is its error code in the envelope and nothing is queued."""
     response = client.post("/api/preview/job", data=body, content_type=content_type)
     assert_envelope(response, status, code)
-    assert queued(redis_client, app.extensions["preview"].settings) == 0
+    assert queued(redis_client, preview_of(app).settings) == 0
     assert redis_client.keys("rq:job:*") == []
 
 
@@ -158,21 +133,20 @@ def test_a_missing_or_wrong_token_is_refused(app: Flask) -> None:
     assert anonymous.get("/api/preview/metrics").status_code == 200  # public for scrapers
 
 
-def test_probes_can_be_closed_too(redis_url: str, data_dir: Path) -> None:
+def test_probes_can_be_closed_too(make_app: AppMaker) -> None:
     """Given PREVIEW_OPEN_PROBES=false, health and metrics also want the token."""
-    settings = api_settings(redis_url, data_dir, PREVIEW_OPEN_PROBES="false")
-    client = create_app({"TESTING": True, "SETTINGS": settings}).test_client()
+    client = make_app(PREVIEW_API_TOKENS=TOKEN, PREVIEW_OPEN_PROBES="false").test_client()
     for path in ("/api/preview/metrics", "/api/preview/worker/health", "/metrics"):
         assert_envelope(client.get(path), 401, "unauthorized")
     assert client.get("/api/preview/metrics", headers=AUTH).status_code == 200
 
 
 def test_a_full_queue_answers_503_with_retry_after(
-    redis_url: str, data_dir: Path, redis_client: redis.Redis
+    make_app: AppMaker, redis_client: redis.Redis
 ) -> None:
     """Given PREVIEW_QUEUE_MAX jobs queued, another submission gets 503 and is not queued."""
-    settings = api_settings(redis_url, data_dir, PREVIEW_QUEUE_MAX="1")
-    app = create_app({"TESTING": True, "SETTINGS": settings})
+    app = make_app(PREVIEW_API_TOKENS=TOKEN, PREVIEW_QUEUE_MAX="1")
+    settings = preview_of(app).settings
     client = app.test_client()
     assert client.post("/api/preview/job", json=payload(), headers=AUTH).status_code == 202
     full = client.post("/api/preview/job", json=payload(revision=2), headers=AUTH)
@@ -181,10 +155,9 @@ def test_a_full_queue_answers_503_with_retry_after(
     assert queued(redis_client, settings) == 1
 
 
-def test_redis_down_answers_503_with_the_envelope(data_dir: Path) -> None:
+def test_redis_down_answers_503_with_the_envelope(make_app: AppMaker) -> None:
     """Given an unreachable Redis, a submission gets a clear 503, not a crash."""
-    settings = api_settings("redis://127.0.0.1:1/0", data_dir)
-    client = create_app({"TESTING": True, "SETTINGS": settings}).test_client()
+    client = make_app(PREVIEW_API_TOKENS=TOKEN, REDIS_URL="redis://127.0.0.1:1/0").test_client()
     response = client.post("/api/preview/job", json=payload(), headers=AUTH)
     body = assert_envelope(response, 503, "unavailable")
     assert "unreachable" in body["message"] and "Traceback" not in json.dumps(body)
@@ -242,11 +215,11 @@ def test_finished_job_links_signed_artifacts(client: FlaskClient, app: Flask) ->
 
 
 def test_expired_artifact_links_are_refused(
-    redis_url: str, data_dir: Path, redis_client: redis.Redis
+    make_app: AppMaker, redis_client: redis.Redis
 ) -> None:
     """Given PREVIEW_ARTIFACT_URL_TTL=1, a link older than a second gets 403."""
-    settings = api_settings(redis_url, data_dir, PREVIEW_ARTIFACT_URL_TTL="1")
-    app = create_app({"TESTING": True, "SETTINGS": settings})
+    app = make_app(PREVIEW_API_TOKENS=TOKEN, PREVIEW_ARTIFACT_URL_TTL="1")
+    settings = preview_of(app).settings
     job_id = queueing.submit(redis_client, settings, payload()).job_id
     run_jobs(app)
     status = app.test_client().get(f"/api/preview/job/{job_id}", headers=AUTH).get_json()
@@ -259,7 +232,7 @@ def test_expired_artifact_links_are_refused(
 
 def test_dead_letters_over_http(client: FlaskClient, app: Flask) -> None:
     """Given a job the worker refuses, the DLQ lists it, requeues it and purges it."""
-    shared = app.extensions["preview"]
+    shared = preview_of(app)
     bad = queueing.submit(shared.connection, shared.settings, payload(tutorialId="Bad")).job_id
     run_jobs(app)
     letters = client.get("/api/preview/dlq").get_json()
@@ -310,13 +283,10 @@ def test_a_redis_command_error_is_a_500_not_an_unreachable_redis(client: FlaskCl
     assert_envelope(client.get("/refused"), 500, "internal_error")
 
 
-def test_production_without_tokens_refuses_to_start(redis_url: str, data_dir: Path) -> None:
+def test_production_without_tokens_refuses_to_start(make_app: AppMaker) -> None:
     """Given PREVIEW_ENV=production and no token or key, the app is not built."""
-    settings = load_settings(
-        service_environment(redis_url, data_dir, PREVIEW_ENV="production")
-    )
     with pytest.raises(SettingsError, match="PREVIEW_API_TOKENS and PREVIEW_SIGNING_KEY"):
-        create_app({"TESTING": True, "SETTINGS": settings})
+        make_app(PREVIEW_ENV="production")
 
 
 def test_prometheus_text_counts_outcomes(client: FlaskClient, app: Flask) -> None:
@@ -337,7 +307,7 @@ def test_every_answer_matches_the_openapi_description(client: FlaskClient, app: 
     document = client.get("/api/preview/openapi.json").get_json()
     spec = OpenAPI.from_dict(document)
     job_id = client.post("/api/preview/job", json=payload()).get_json()["jobId"]
-    shared = app.extensions["preview"]
+    shared = preview_of(app)
     bad = queueing.submit(shared.connection, shared.settings, payload(tutorialId="Bad")).job_id
     answers = [
         client.post("/api/preview/job", json=payload()),

@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
+from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from preview_worker.settings import Settings
-from preview_worker.web.app import create_app
-
-from .conftest import ROOT
+from .conftest import ROOT, AppMaker
 
 DEPLOY = ROOT / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
@@ -67,16 +64,12 @@ def dashboard_expressions() -> list[str]:
     return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
 
 
-def exported_names(settings: Settings, redis_client: redis.Redis) -> set[str]:
+def exported_names(app: Flask) -> set[str]:
     """Return every sample name the API's /metrics gives once it has served one request."""
-    app = create_app({"TESTING": True, "SETTINGS": settings})
-    try:
-        client = app.test_client()
-        client.get("/api/preview/worker/health")
-        answer = client.get("/metrics")
-        assert answer.status_code == 200
-    finally:
-        app.extensions["preview"].connection.close()
+    client = app.test_client()
+    client.get("/api/preview/worker/health")
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
     families = text_string_to_metric_families(answer.get_data(as_text=True))
     return {sample.name for family in families for sample in family.samples}
 
@@ -123,11 +116,11 @@ def test_dashboard_has_the_panels_and_a_datasource_variable() -> None:
         assert needed in queries
 
 
-def test_every_metric_used_is_exported(settings: Settings, redis_client: redis.Redis) -> None:
+def test_every_metric_used_is_exported(make_app: AppMaker) -> None:
     """Every metric name in the alerts and the dashboard appears on the API's /metrics."""
     used = {name for expr in alert_expressions() + dashboard_expressions()
             for name in METRIC_NAME.findall(expr)}
     assert len(alert_expressions()) == 6, "an alert expression was not read"
     assert used, "no metric names found in the expressions"
-    missing = used - exported_names(settings, redis_client)
+    missing = used - exported_names(make_app())
     assert not missing, f"not exported: {sorted(missing)}"

@@ -39,9 +39,9 @@ from preview_worker.previews import store_preview
 from preview_worker.settings import SettingsError, load_settings
 from preview_worker.signing import DEVELOPMENT_SIGNING_KEY, SALT, ArtifactSigner
 from preview_worker.store import FileStore
-from preview_worker.web.app import create_app
+from preview_worker.web.shared import preview_of
 
-from .conftest import payload, service_environment
+from .conftest import AppMaker, payload, service_environment
 from .processes import BIN, serving, start_worker, stop, wait_until
 
 TOKENS = ("security-token-first-0123456789", "security-token-second-9876543210")
@@ -164,16 +164,9 @@ def finished_job(port: int, token: str, request_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def guarded_app(
-    redis_url: str, data_dir: Path, redis_client: redis.Redis, worker_environment: None
-) -> Iterator[Flask]:
+def guarded_app(make_app: AppMaker, worker_environment: None) -> Flask:
     """Give a test application with two tokens on the empty test Redis."""
-    settings = load_settings(
-        service_environment(redis_url, data_dir, PREVIEW_API_TOKENS=",".join(TOKENS))
-    )
-    application = create_app({"TESTING": True, "SETTINGS": settings})
-    yield application
-    application.extensions["preview"].connection.close()
+    return make_app(PREVIEW_API_TOKENS=",".join(TOKENS))
 
 
 def guarded_calls(app: Flask, queued: str, dead: str) -> list[tuple[str, str]]:
@@ -212,7 +205,7 @@ def test_every_guarded_route_refuses_missing_and_wrong_tokens_and_changes_nothin
     guarded_app: Flask, redis_client: redis.Redis
 ) -> None:
     """Given a queued and a dead-lettered job, no guarded call without the token touches Redis."""
-    shared = guarded_app.extensions["preview"]
+    shared = preview_of(guarded_app)
     dead = queueing.submit(redis_client, shared.settings, payload(tutorialId="Bad")).job_id
     SimpleWorker(queueing.queues(redis_client, shared.settings), connection=redis_client).work(
         burst=True
@@ -415,19 +408,17 @@ def test_redis_password_is_never_logged_nor_shown(
     ids=["password only", "user and password", "password as a query argument"],
 )
 def test_health_names_redis_without_its_password(
-    guarded_redis: EmbeddedRedis, data_dir: Path, url: str, caplog: pytest.LogCaptureFixture
+    guarded_redis: EmbeddedRedis, make_app: AppMaker, url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Given any URL form redis-py takes a password in, health and dashboard never show it."""
     for password, healthy in ((REDIS_PASSWORD, True), (WRONG, False)):
         given = url.format(password=password, port=guarded_redis.port)
-        settings = load_settings(service_environment(given, data_dir, PREVIEW_API_TOKENS=TOKENS[0]))
-        app = create_app({"TESTING": True, "SETTINGS": settings})
+        app = make_app(REDIS_URL=given, PREVIEW_API_TOKENS=TOKENS[0])
         health = app.test_client().get("/api/preview/worker/health")
         submitted = app.test_client().post(
             "/api/preview/job", json=payload(), headers=bearer(TOKENS[0])
         )
         dashboard = app.test_client().get("/rq/", headers=bearer(TOKENS[0]))
-        app.extensions["preview"].connection.close()
         report = health.get_json()["redis"]
         assert report["ok"] is healthy and (report["error"] is None) is healthy
         assert submitted.status_code == (202 if healthy else 503)
@@ -594,16 +585,10 @@ def test_hostile_paths_get_a_4xx_envelope_and_nothing_outside_the_store(
 # 5. Artifact signatures: the forgeries tests/test_api.py does not try.
 
 
-def test_forged_artifact_signatures_are_refused(
-    redis_url: str, redis_client: redis.Redis, data_dir: Path
-) -> None:
+def test_forged_artifact_signatures_are_refused(make_app: AppMaker, data_dir: Path) -> None:
     """Given a stored preview, only a token signed with the configured key and salt opens it."""
-    settings = load_settings(
-        service_environment(
-            redis_url, data_dir, PREVIEW_API_TOKENS=TOKENS[0], PREVIEW_SIGNING_KEY=SIGNING_KEY
-        )
-    )
-    client = create_app({"TESTING": True, "SETTINGS": settings}).test_client()
+    app = make_app(PREVIEW_API_TOKENS=TOKENS[0], PREVIEW_SIGNING_KEY=SIGNING_KEY)
+    client = app.test_client()
     store = FileStore(data_dir)
     digest = store_preview(store, payload()).hash
     other = store_preview(store, payload(content={**payload()["content"], "title": "Other"})).hash

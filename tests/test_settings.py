@@ -128,3 +128,48 @@ def test_command_stops_with_one_line_and_no_traceback(name: str, value: str) -> 
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert name in done.stderr
+
+
+SECRETS = {
+    "REDIS_URL": "redis://operator:redis-pass-6f1c@cache.internal:6379/0?password=query-pass-90ab",
+    "PREVIEW_API_TOKENS": "api-token-one-4d2e9a,api-token-two-77c0f3",
+    "PREVIEW_SIGNING_KEY": "signing-key-b85e1d33",
+}
+SECRET_VALUES = ["redis-pass-6f1c", "query-pass-90ab", "api-token-one-4d2e9a",
+                 "api-token-two-77c0f3", "signing-key-b85e1d33"]
+
+
+def shown_forms(value: object) -> list[str]:
+    """Return every way a value gets printed: repr, str, format, %-format, in a container."""
+    logged = "%s %r" % (value, value)  # noqa: UP031 - how logging formats its arguments
+    return [repr(value), str(value), f"{value}", f"{value!r}", logged, repr([value]),
+            repr({"settings": value})]
+
+
+def test_settings_never_print_a_secret() -> None:
+    """Given every secret set, no printed form of the settings holds one; the rest is shown."""
+    settings = load_settings(SECRETS)
+    for shown in shown_forms(settings):
+        assert not [secret for secret in SECRET_VALUES if secret in shown], shown
+    text = repr(settings)
+    assert "cache.internal:6379" in text and "operator" in text  # the URL, password hidden
+    assert "api_tokens=('***', '***')" in text and "signing_key='***'" in text
+    assert all(f"{field.name}=" in text for field in dataclasses.fields(Settings))
+
+
+def test_what_holds_a_secret_never_prints_it(tmp_path: Path) -> None:
+    """The signer, the web app's shared parts and a password-protected Redis hide theirs."""
+    from preview_worker.connections import connect
+    from preview_worker.embedded_redis import EmbeddedRedis
+    from preview_worker.signing import signer_for
+    from preview_worker.store import store_for
+    from preview_worker.web.shared import Preview
+
+    settings = load_settings({**SECRETS, "DATA_DIR": str(tmp_path)})
+    signer = signer_for(settings)
+    assert signer.allows(signer.token("a" * 64, "index.html"), "a" * 64, "index.html")
+    parts = Preview(settings, connect(SECRETS["REDIS_URL"]), store_for(settings), signer)
+    server = EmbeddedRedis(password="redis-pass-6f1c")
+    for holder in (signer, parts, server):
+        for shown in shown_forms(holder):
+            assert not [secret for secret in SECRET_VALUES if secret in shown], shown

@@ -16,7 +16,7 @@ from preview_worker.observe import figures
 from preview_worker.settings import Settings, load_settings
 
 from .conftest import payload, service_environment, submit_together
-from .processes import kill_group, start_stock_worker, start_worker, stop, wait_until
+from .processes import kill_group, running_worker, wait_until
 
 QUEUES = ("high", "normal", "low")
 
@@ -58,11 +58,9 @@ def test_high_job_runs_before_fifty_low_ones(
         for n in range(50)
     ]
     high = queueing.submit(redis_client, settings, payload(priority="high", revision=99)).job_id
-    worker = start_worker(service_environment(redis_url, data_dir), "--burst", "--concurrency", "1")
-    try:
+    environment = service_environment(redis_url, data_dir)
+    with running_worker(environment, "--burst", "--concurrency", "1") as worker:
         assert worker.wait(120) == 0
-    finally:
-        stop(worker)
     started = {job_id: status_of(redis_client, job_id)["startedAt"] for job_id in [*lows, high]}
     assert all(status_of(redis_client, job_id)["status"] == "finished" for job_id in started)
     assert started[high] < min(started[low] for low in lows)
@@ -77,11 +75,8 @@ def test_transient_failures_retry_with_growing_gaps_then_dead_letter(
     environment = service_environment(redis_url, blocker / "data", PREVIEW_RETRY_BASE_DELAY="2")
     settings = load_settings(environment)
     job_id = queueing.submit(redis_client, settings, payload()).job_id
-    worker = start_worker(environment, "--concurrency", "1")
-    try:
+    with running_worker(environment, "--concurrency", "1"):
         wait_until(lambda: has_ended(redis_client, job_id), 60, "the last retry")
-    finally:
-        stop(worker)
     status = status_of(redis_client, job_id)
     assert status["deadLettered"] and status["attempts"] == 4 and status["retriesLeft"] == 0
     assert status["error"]["type"] in ("StorageError", "NotADirectoryError")
@@ -103,11 +98,8 @@ def test_permanent_failure_is_dead_lettered_after_one_attempt(
 ) -> None:
     """Given an invalid payload, the worker dead-letters it after one attempt, with no traceback."""
     job_id = queueing.submit(redis_client, settings, payload(tutorialId="Not A Slug")).job_id
-    worker = start_worker(service_environment(redis_url, data_dir), "--burst")
-    try:
+    with running_worker(service_environment(redis_url, data_dir), "--burst") as worker:
         assert worker.wait(60) == 0
-    finally:
-        stop(worker)
     status = status_of(redis_client, job_id)
     assert status["deadLettered"] and status["attempts"] == 1 and status["retriesLeft"] == 0
     assert status["error"]["type"] == "InvalidPayload"
@@ -121,10 +113,8 @@ def test_cancel_stops_a_running_job_and_a_resubmission_runs_in_full(
 ) -> None:
     """Given a job mid-render, When canceled, Then it stops unwritten; its retry then runs."""
     job_id = queueing.submit(redis_client, settings, slow_payload()).job_id
-    worker = start_worker(
-        service_environment(redis_url, data_dir), "--kind", kind, "--concurrency", "1"
-    )
-    try:
+    environment = service_environment(redis_url, data_dir)
+    with running_worker(environment, "--kind", kind, "--concurrency", "1"):
         wait_until(lambda: is_rendering(redis_client, job_id), 30, "rendering")
         assert queueing.cancel(redis_client, job_id) == "stopping"
         wait_until(lambda: has_ended(redis_client, job_id), 30, "the stop")
@@ -138,8 +128,6 @@ def test_cancel_stops_a_running_job_and_a_resubmission_runs_in_full(
         again = queueing.submit(redis_client, settings, slow_payload())
         assert again.job_id == job_id and not again.duplicate
         wait_until(lambda: has_ended(redis_client, job_id), 60, "the new attempt")
-    finally:
-        stop(worker)
     assert status_of(redis_client, job_id)["status"] == "finished"
     assert len(list(data_dir.rglob("manifest.json"))) == 1
 
@@ -150,13 +138,9 @@ def test_stock_rq_worker_runs_jobs_and_dead_letters_failures(
     """Given a stock `rq worker`, a good job finishes and a bad one dead-letters in one attempt."""
     good = queueing.submit(redis_client, settings, payload()).job_id
     bad = queueing.submit(redis_client, settings, payload(tutorialId="BAD")).job_id
-    worker = start_stock_worker(
-        service_environment(redis_url, data_dir), "--with-scheduler", "--burst", *QUEUES
-    )
-    try:
+    environment = service_environment(redis_url, data_dir)
+    with running_worker(environment, "--with-scheduler", "--burst", *QUEUES, stock=True) as worker:
         assert worker.wait(60) == 0
-    finally:
-        stop(worker)
     assert status_of(redis_client, good)["status"] == "finished"
     failed = status_of(redis_client, bad)
     assert failed["deadLettered"] and failed["attempts"] == 1
@@ -169,18 +153,13 @@ def test_job_of_a_killed_worker_is_recovered_within_a_minute(
     """Given a worker killed mid-render, a new one finishes the job on attempt 2 within a minute."""
     job_id = queueing.submit(redis_client, settings, slow_payload()).job_id
     environment = service_environment(redis_url, data_dir)
-    first = start_worker(environment, "--concurrency", "1")
-    try:
+    with running_worker(environment, "--concurrency", "1") as first:
         wait_until(lambda: is_rendering(redis_client, job_id), 30, "rendering")
-    finally:
         kill_group(first)  # the whole process group, as an OOM killer or a host loss would
         first.wait()
     killed_at = time.monotonic()
-    second = start_worker(environment, "--concurrency", "1")
-    try:
+    with running_worker(environment, "--concurrency", "1"):
         wait_until(lambda: has_ended(redis_client, job_id), 60, "recovery")
-    finally:
-        stop(second)
     status = status_of(redis_client, job_id)
     assert status["status"] == "finished" and status["attempts"] == 2
     assert time.monotonic() - killed_at < 60
@@ -193,18 +172,15 @@ def test_sigterm_lets_the_running_job_finish(
     running = queueing.submit(redis_client, settings, slow_payload(1)).job_id
     waiting = queueing.submit(redis_client, settings, slow_payload(2)).job_id
     environment = service_environment(redis_url, data_dir)
-    worker = start_worker(environment, "--concurrency", "1")
-    try:
+    with running_worker(environment, "--concurrency", "1") as worker:
         wait_until(lambda: is_rendering(redis_client, running), 30, "rendering")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(60) == 0
-    finally:
-        stop(worker)
     assert status_of(redis_client, running)["status"] == "finished"
     assert status_of(redis_client, waiting)["status"] == "queued"
     # Nothing was lost: the next worker runs the waiting job, and the finished one not again.
-    successor = start_worker(environment, "--concurrency", "1", "--burst")
-    assert successor.wait(60) == 0
+    with running_worker(environment, "--concurrency", "1", "--burst") as successor:
+        assert successor.wait(60) == 0
     assert status_of(redis_client, waiting)["status"] == "finished"
     assert status_of(redis_client, running)["attempts"] == 1
 
@@ -213,12 +189,9 @@ def test_fifty_threads_submitting_one_key_while_workers_run_make_one_render(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
     """Given 50 threads posting one idempotency key as workers run, one job renders once."""
-    worker = start_worker(service_environment(redis_url, data_dir), "--concurrency", "2")
-    try:
+    with running_worker(service_environment(redis_url, data_dir), "--concurrency", "2"):
         results = submit_together(redis_url, settings, payload(idempotencyKey="same"), 50)
         wait_until(lambda: has_ended(redis_client, "same"), 60, "the one job")
-    finally:
-        stop(worker)
     assert [result.duplicate for result in results].count(False) == 1
     status = status_of(redis_client, "same")
     assert status["status"] == "finished" and status["attempts"] == 1

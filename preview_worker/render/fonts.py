@@ -107,7 +107,7 @@ def font_path(source: FontSource) -> Path:
     """Return the file of a font source, or raise FontMissing when the install lacks it."""
     path = FONT_DIR / source.filename
     if not path.is_file():
-        raise FontMissing(f"font {source.filename} is missing from {FONT_DIR}: reinstall the package")
+        raise FontMissing(f"font {source.filename} is missing from {FONT_DIR}: reinstall")
     return path
 
 
