@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rq.timeouts import JobTimeoutException
+
 
 class PermanentError(Exception):
     """A failure that no retry can mend (an invalid payload, content that cannot render)."""
@@ -15,6 +17,13 @@ class PreviewStopped(PermanentError):
     """The job was stopped on request while it ran."""
 
 
+class PreviewRefused(PermanentError):
+    """The payload is valid, but its preview passed a bound: too slow or too large to render."""
+
+
 def is_permanent(exc_type: type[BaseException] | None) -> bool:
-    """Tell whether a failure of this type goes to the dead-letter queue without retries."""
-    return exc_type is not None and issubclass(exc_type, PermanentError)
+    """Tell whether a failure of this type goes to the dead-letter queue without retries.
+
+    A render that ran into the job's hard timeout would run into it again: it is permanent.
+    """
+    return exc_type is not None and issubclass(exc_type, (PermanentError, JobTimeoutException))

@@ -8,7 +8,8 @@ from typing import Any
 from rq import get_current_job
 
 from preview_worker import progress
-from preview_worker.previews import build_preview
+from preview_worker.previews import build_preview, limits_of
+from preview_worker.render.limits import Budget
 from preview_worker.settings import get_settings
 from preview_worker.store import store_for
 
@@ -23,10 +24,13 @@ def render_preview(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     log.info("rendering the preview of %s", payload.get("tutorialId"))
     progress.begin_attempt(job)
+    settings = get_settings()
     stored = build_preview(
-        store_for(get_settings()),
+        store_for(settings),
         payload,
         checkpoint=lambda stage: progress.report(job, *STAGES[stage]),
+        # A stop asked of the job is heard at every token, not only between stages.
+        budget=Budget(limits_of(settings), interrupt=lambda: progress.check_stop(job)),
     )
     progress.report(job, "done", 100)
     return stored.as_dict()

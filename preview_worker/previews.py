@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from preview_worker import render
-from preview_worker.errors import InvalidPayload
+from preview_worker.errors import InvalidPayload, PreviewRefused
 from preview_worker.render import Checkpoint, preview_hash, render_files, render_input
+from preview_worker.render.limits import Budget, Limits, RenderLimitExceeded, budgeted
 from preview_worker.render.page import CONTENT_SECURITY_POLICY
 from preview_worker.schema import validate_payload
+from preview_worker.settings import Settings
 from preview_worker.store import ArtifactStore, InvalidArtifactPath
 
 MANIFEST = "manifest.json"
@@ -93,6 +95,15 @@ def stored_preview(store: ArtifactStore, digest: str) -> StoredPreview:
     return StoredPreview(digest, files, cached=True, location=store.location(digest))
 
 
+def limits_of(settings: Settings) -> Limits:
+    """Return the bounds of one render that the settings give."""
+    return Limits(
+        seconds=settings.render_timeout,
+        page_bytes=settings.max_page_bytes,
+        highlight_seconds=settings.highlight_timeout,
+    )
+
+
 def check_payload(payload: Any) -> None:
     """Raise InvalidPayload, naming every problem, unless the payload is valid."""
     problems = validate_payload(payload)
@@ -124,11 +135,22 @@ def store_preview(
 
 
 def build_preview(
-    store: ArtifactStore, payload: Any, checkpoint: Checkpoint | None = None
+    store: ArtifactStore,
+    payload: Any,
+    checkpoint: Checkpoint | None = None,
+    budget: Budget | None = None,
 ) -> StoredPreview:
-    """Check a payload, then render and store its preview: what a worker does with a job."""
+    """Check a payload, then render and store its preview: what a worker does with a job.
+
+    The render keeps within the budget (default limits when None); one that passes a bound
+    raises PreviewRefused, a permanent failure that names the bound.
+    """
     check_payload(payload)
-    return store_preview(store, payload, checkpoint)
+    try:
+        with budgeted(budget or Budget()):
+            return store_preview(store, payload, checkpoint)
+    except RenderLimitExceeded as error:
+        raise PreviewRefused(str(error)) from None
 
 
 def read_artifact(store: ArtifactStore, digest: str, name: str) -> tuple[bytes, str]:

@@ -19,12 +19,17 @@ def request_stop(job_id: str | None) -> None:
     _stop_requested_for = job_id
 
 
+def check_stop(job: Job | None, stage: str = "rendering") -> None:
+    """Raise PreviewStopped if the job was asked to stop; cheap enough to call very often."""
+    if job is not None and _stop_requested_for == job.id:
+        raise PreviewStopped(f"stopped on request during {stage}")
+
+
 def report(job: Job | None, stage: str, percent: int) -> None:
     """Record the job's stage and percent done, or raise PreviewStopped if asked to stop."""
     if job is None:
         return  # called outside a worker, e.g. by a one-shot render
-    if _stop_requested_for == job.id:
-        raise PreviewStopped(f"stopped on request during {stage}")
+    check_stop(job, stage)
     job.meta["progress"] = {"stage": stage, "percent": percent}
     job.save_meta()
 

@@ -45,7 +45,10 @@ class Settings:
     retry_max: int = 3  # PREVIEW_RETRY_MAX; retries after the first attempt
     retry_base_delay: float = 2.0  # PREVIEW_RETRY_BASE_DELAY; seconds before the first retry
     retry_max_delay: float = 300.0  # PREVIEW_RETRY_MAX_DELAY; seconds, cap of any retry gap
-    job_timeout: int = 120  # PREVIEW_JOB_TIMEOUT; seconds one render may run
+    job_timeout: int = 120  # PREVIEW_JOB_TIMEOUT; seconds one job may run, then it is killed
+    render_timeout: float = 60.0  # PREVIEW_RENDER_TIMEOUT; seconds a render may take, then it fails
+    highlight_timeout: float = 1.0  # PREVIEW_HIGHLIGHT_TIMEOUT; seconds per code block, then plain
+    max_page_bytes: int = 16_777_216  # PREVIEW_MAX_PAGE_BYTES; largest HTML page a render makes
     result_ttl: int = 86_400  # PREVIEW_RESULT_TTL; seconds a finished job is kept
     failure_ttl: int = 604_800  # PREVIEW_FAILURE_TTL; seconds a dead letter is kept
     queued_ttl: int = 3_600  # PREVIEW_QUEUED_TTL; seconds a job may wait on its queue
@@ -195,6 +198,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retry_base_delay=read("PREVIEW_RETRY_BASE_DELAY", seconds(0), defaults.retry_base_delay),
         retry_max_delay=read("PREVIEW_RETRY_MAX_DELAY", seconds(0), defaults.retry_max_delay),
         job_timeout=read("PREVIEW_JOB_TIMEOUT", whole(1), defaults.job_timeout),
+        render_timeout=read("PREVIEW_RENDER_TIMEOUT", seconds(0.1), defaults.render_timeout),
+        highlight_timeout=read(
+            "PREVIEW_HIGHLIGHT_TIMEOUT", seconds(0.01), defaults.highlight_timeout
+        ),
+        max_page_bytes=read("PREVIEW_MAX_PAGE_BYTES", whole(65_536), defaults.max_page_bytes),
         result_ttl=read("PREVIEW_RESULT_TTL", whole(1), defaults.result_ttl),
         failure_ttl=read("PREVIEW_FAILURE_TTL", whole(1), defaults.failure_ttl),
         queued_ttl=read("PREVIEW_QUEUED_TTL", whole(1), defaults.queued_ttl),

@@ -196,3 +196,65 @@ def test_fifty_threads_submitting_one_key_while_workers_run_make_one_render(
     status = status_of(redis_client, "same")
     assert status["status"] == "finished" and status["attempts"] == 1
     assert len(list(data_dir.rglob("manifest.json"))) == 1
+
+
+def poison_payloads() -> dict[str, dict[str, Any]]:
+    """Return the payloads of the hostile round that held workers for minutes or gigabytes."""
+    amplifier = "[x]: https://example.org/" + "&" * 1_900 + "\n\n" + "[x] " * 2_500
+    slow_code = {"language": "c", "source": "\n" * 19_999}
+    return {
+        "looping lexer": payload(content={"title": "Loop", "steps": [
+            {"title": "Code", "code": {"language": "mcschema", "source": "<!--"}},
+            {"title": "Fenced", "body": "```mcschema\n<!--\n```\n"},
+        ]}),
+        "reused reference": payload(content={"title": "Amplified", "steps": [
+            {"title": f"Step {n}", "body": amplifier} for n in range(8)
+        ]}),
+        "slow code everywhere": payload(content={"title": "Slow", "steps": [
+            {"title": f"Step {n}", "code": slow_code} for n in range(200)
+        ]}),
+    }
+
+
+def test_poison_payloads_end_in_seconds_with_one_attempt(
+    redis_client: redis.Redis, redis_url: str, data_dir: Path
+) -> None:
+    """Given the hostile round's payloads, each ends within seconds, after a single attempt."""
+    environment = service_environment(
+        redis_url, data_dir, PREVIEW_RENDER_TIMEOUT="3", PREVIEW_MAX_PAGE_BYTES="4194304"
+    )
+    settings = load_settings(environment)
+    jobs = {name: queueing.submit(redis_client, settings, body).job_id
+            for name, body in poison_payloads().items()}
+    started = time.monotonic()
+    with running_worker(environment, "--concurrency", "2"):
+        wait_until(lambda: all(has_ended(redis_client, each) for each in jobs.values()), 30,
+                   "the poison jobs")
+    took = time.monotonic() - started
+    ends = {name: status_of(redis_client, job_id) for name, job_id in jobs.items()}
+    assert ends["looping lexer"]["status"] == "finished"  # shown as plain text, at once
+    for name in ("reused reference", "slow code everywhere"):
+        assert ends[name]["deadLettered"] and ends[name]["attempts"] == 1, ends[name]
+        assert ends[name]["error"]["type"] == "PreviewRefused"
+    assert "larger than 4194304 bytes" in ends["reused reference"]["error"]["message"]
+    assert "longer than 3 s" in ends["slow code everywhere"]["error"]["message"]
+    assert took < 30
+
+
+def test_cancel_stops_a_job_inside_one_long_code_block(
+    redis_client: redis.Redis, redis_url: str, data_dir: Path
+) -> None:
+    """Given a job lexing one block for many seconds, a cancel stops it within two seconds."""
+    environment = service_environment(redis_url, data_dir, PREVIEW_HIGHLIGHT_TIMEOUT="60")
+    code = {"language": "python", "source": " \n" * 10_000}  # about 3 s a block
+    long = payload(content={"title": "Long", "steps": [
+        {"title": f"Step {n}", "code": code} for n in range(20)
+    ]})
+    job_id = queueing.submit(redis_client, load_settings(environment), long).job_id
+    with running_worker(environment, "--concurrency", "1"):
+        wait_until(lambda: is_rendering(redis_client, job_id), 30, "rendering")
+        time.sleep(0.5)  # inside the first block by now
+        assert queueing.cancel(redis_client, job_id) == "stopping"
+        took = wait_until(lambda: has_ended(redis_client, job_id), 30, "the stop")
+    assert took < 2.0, f"the stop took {took:.1f} s"
+    assert status_of(redis_client, job_id)["status"] == "stopped"

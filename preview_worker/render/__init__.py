@@ -10,12 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from preview_worker.canonical import canonical_json
+from preview_worker.render import limits
 from preview_worker.render.model import RenderInput, render_input
 from preview_worker.render.page import render_page
 from preview_worker.render.thumbnail import render_thumbnail
 
 # Bump whenever the bytes rendered for some payload change: it is part of every artifact hash.
-RENDERER_VERSION = "1"
+RENDERER_VERSION = "2"  # 2: only allowed languages are highlighted
 
 # Artifact file name and content type of each output format, in the order they are rendered.
 ARTIFACTS = {
@@ -39,16 +40,29 @@ def _no_checkpoint(stage: str) -> None:
 def render_files(
     preview: RenderInput, checkpoint: Checkpoint = _no_checkpoint
 ) -> dict[str, bytes]:
-    """Render the artifacts of a render input: file name -> bytes, in its formats only."""
-    renderers = {
-        "html": lambda: render_page(preview).encode("utf-8"),
-        "png": lambda: render_thumbnail(preview),
-    }
+    """Render the artifacts of a render input: file name -> bytes, in its formats only.
+
+    The render keeps within the budget it runs in (limits.budgeted), or raises
+    RenderLimitExceeded saying which bound it passed.
+    """
+    renderers = {"html": lambda: _page_bytes(preview), "png": lambda: render_thumbnail(preview)}
     files = {}
-    for name in preview.formats:
-        checkpoint(name)  # a caller may stop the render here, e.g. when it was canceled
-        files[ARTIFACTS[name][0]] = renderers[name]()
+    # The caller's budget, or a default one, shared by every part of this render.
+    with limits.budgeted(limits.current()) as budget:
+        for name in preview.formats:
+            checkpoint(name)  # a caller may stop the render here, e.g. when it was canceled
+            budget.check()
+            files[ARTIFACTS[name][0]] = renderers[name]()
     return files
+
+
+def _page_bytes(preview: RenderInput) -> bytes:
+    """Return the page as UTF-8, refusing one whose bytes pass the cap its characters kept."""
+    data = render_page(preview).encode("utf-8")
+    cap = limits.current().limits.page_bytes
+    if len(data) > cap:
+        raise limits.PageTooLarge(f"the page is larger than {cap} bytes")
+    return data
 
 
 def render_preview_files(payload: dict[str, Any]) -> dict[str, bytes]:

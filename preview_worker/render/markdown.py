@@ -14,6 +14,7 @@ from markdown_it.renderer import RendererHTML
 from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
+from preview_worker.render import limits
 from preview_worker.render.highlight import highlight_code
 
 LINK_SCHEMES = frozenset({"http", "https", "mailto"})
@@ -24,6 +25,10 @@ _SCHEME = re.compile(r"([a-z][a-z0-9+.-]*):")
 _IGNORED_IN_URLS = re.compile(r"[\x00-\x20\x7f-\x9f]+")
 EXTERNAL_REL = "nofollow noopener noreferrer"
 HEADING_SHIFT = 2  # the page has the title as <h1> and steps as <h2>: a body's "#" is <h3>
+# Longer link targets are not links: a reference definition to a long URL, used thousands
+# of times, would multiply the page. Inline data: images are bounded by the page cap alone.
+MAX_LINK_LENGTH = 2048  # characters
+_RENDERED = "rendered"  # env key: characters this body has rendered so far
 
 
 def _bare(url: str) -> str:
@@ -34,6 +39,8 @@ def _bare(url: str) -> str:
 def is_safe_url(url: str) -> bool:
     """Say whether a link may point at a URL: http(s), mailto, relative, or a raster image."""
     bare = _bare(url)
+    if len(url) > MAX_LINK_LENGTH and IMAGE_DATA.match(bare) is None:
+        return False
     scheme = _SCHEME.match(bare)
     if scheme is None:
         return True  # a relative URL or an anchor: no scheme for a browser either
@@ -70,6 +77,44 @@ def _link_open(
     return self.renderToken(tokens, idx, options, env)
 
 
+class BudgetedRenderer(RendererHTML):
+    """markdown-it's HTML renderer, checking the render's budget after every token."""
+
+    def render(self, tokens: Sequence[Token], options: OptionsDict, env: EnvType) -> str:
+        """Render block tokens, counting each part against the page's cap as it is made."""
+        out: list[str] = []
+        for index, token in enumerate(tokens):
+            if token.type == "inline":  # counted part by part in renderInline
+                out.append(self.renderInline(token.children or [], options, env))
+                continue
+            rule = self.rules.get(token.type)
+            part = rule(tokens, index, options, env) if rule else self.renderToken(
+                tokens, index, options, env
+            )
+            out.append(_counted(part, env))
+        return "".join(out)
+
+    def renderInline(self, tokens: Sequence[Token], options: OptionsDict, env: EnvType) -> str:
+        """Render inline tokens, counting each against the page's cap as it is made."""
+        out: list[str] = []
+        for index, token in enumerate(tokens):
+            rule = self.rules.get(token.type)
+            part = rule(tokens, index, options, env) if rule else self.renderToken(
+                tokens, index, options, env
+            )
+            out.append(_counted(part, env))
+        return "".join(out)
+
+
+def _counted(part: str, env: EnvType) -> str:
+    """Add a rendered part to the body's count; raise once the page or the clock runs out."""
+    env[_RENDERED] = env.get(_RENDERED, 0) + len(part)
+    budget = limits.current()
+    budget.check_size(env[_RENDERED])
+    budget.check()
+    return part
+
+
 def _highlight(source: str, language: str, _attrs: str) -> str:
     """Highlight a fenced code block of a step's body."""
     return highlight_code(source, language)
@@ -79,7 +124,8 @@ def _highlight(source: str, language: str, _attrs: str) -> str:
 def markdown_parser() -> MarkdownIt:
     """Return the configured Markdown parser, built once per process."""
     options: dict[str, Any] = {"html": False, "highlight": _highlight}
-    parser = MarkdownIt("commonmark", options).enable(["table", "strikethrough"])
+    parser = MarkdownIt("commonmark", options, renderer_cls=BudgetedRenderer)
+    parser.enable(["table", "strikethrough"])
     parser.validateLink = is_safe_url  # type: ignore[method-assign]
     parser.add_render_rule("image", _image)
     parser.add_render_rule("link_open", _link_open)

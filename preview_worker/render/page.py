@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from html import escape
 
+from preview_worker.render import limits
 from preview_worker.render.highlight import CODE_CLASS, highlight_code, token_css
 from preview_worker.render.markdown import render_markdown
 from preview_worker.render.model import RenderInput, Step
@@ -105,8 +106,11 @@ def _header(preview: RenderInput) -> str:
 
 
 def render_page(preview: RenderInput) -> str:
-    """Return the preview page of a tutorial as one HTML document."""
-    steps = "".join(_step(number, step) for number, step in enumerate(preview.steps, start=1))
+    """Return the preview page of a tutorial as one HTML document, within the render's budget."""
+    budget = limits.current()
+    steps = "".join(
+        budget.spend(_step(number, step)) for number, step in enumerate(preview.steps, start=1)
+    )
     return (
         f'<!DOCTYPE html>\n<html lang="{escape(preview.language)}">\n<head>\n'
         '<meta charset="utf-8">\n'
