@@ -14,7 +14,7 @@ from preview_worker.render.limits import Budget, Limits, RenderLimitExceeded, bu
 from preview_worker.render.page import CONTENT_SECURITY_POLICY
 from preview_worker.schema import validate_payload
 from preview_worker.settings import Settings
-from preview_worker.store import ArtifactStore, InvalidArtifactPath
+from preview_worker.store import ArtifactStore, InvalidArtifactPath, StoredFile
 
 MANIFEST = "manifest.json"
 CONTENT_TYPES = {name: content_type for name, content_type in render.ARTIFACTS.values()} | {
@@ -153,11 +153,11 @@ def build_preview(
         raise PreviewRefused(str(error)) from None
 
 
-def read_artifact(store: ArtifactStore, digest: str, name: str) -> tuple[bytes, str]:
-    """Return one stored artifact and its content type, or raise UnknownArtifact."""
+def open_artifact(store: ArtifactStore, digest: str, name: str) -> tuple[StoredFile, str]:
+    """Open one stored artifact for streaming, with its content type, or raise UnknownArtifact."""
     if name not in CONTENT_TYPES:
         raise UnknownArtifact(f"no artifact is called {name!r}")
     try:
-        return store.read(digest, name), CONTENT_TYPES[name]
+        return store.open(digest, name), CONTENT_TYPES[name]
     except (InvalidArtifactPath, FileNotFoundError, NotADirectoryError):
         raise UnknownArtifact(f"no artifact {digest}/{name}") from None

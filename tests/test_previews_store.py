@@ -18,7 +18,7 @@ from preview_worker import render
 from preview_worker.previews import (
     StoredPreview,
     UnknownArtifact,
-    read_artifact,
+    open_artifact,
     read_manifest,
     store_preview,
 )
@@ -153,9 +153,11 @@ def test_only_the_names_a_preview_has_are_artifacts(name: str, data_dir: Path) -
     """Given a stored preview, any name but its own files' is an unknown artifact."""
     store = FileStore(data_dir)
     digest = store_preview(store, load_payload(MINIMAL)).hash
-    assert read_artifact(store, digest, "index.html")[1] == "text/html; charset=utf-8"
+    stored, content_type = open_artifact(store, digest, "index.html")
+    stored.stream.close()
+    assert content_type == "text/html; charset=utf-8" and stored.size > 0
     with pytest.raises(UnknownArtifact):
-        read_artifact(store, digest, name)
+        open_artifact(store, digest, name)
 
 
 def test_a_good_path_stays_inside_the_data_directory(data_dir: Path) -> None:

@@ -7,6 +7,7 @@ from preview_worker.store.base import (
     ArtifactStore,
     InvalidArtifactPath,
     StorageError,
+    StoredFile,
     check_key,
     check_name,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "FileStore",
     "InvalidArtifactPath",
     "StorageError",
+    "StoredFile",
     "check_key",
     "check_name",
     "store_for",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")  # a SHA-256 in hex: stores are content-addressed
 # A plain file name: no separator, no leading dot (a store's own unfinished copies use one).
@@ -37,6 +37,13 @@ def check_name(name: str) -> str:
     return name
 
 
+class StoredFile(NamedTuple):
+    """One stored file opened for reading: the stream (close it) and its size in bytes."""
+
+    stream: BinaryIO
+    size: int
+
+
 class ArtifactStore(Protocol):
     """Sets of files under content keys: each set appears whole or not at all, never changes."""
 
@@ -48,6 +55,9 @@ class ArtifactStore(Protocol):
 
     def read(self, key: str, name: str) -> bytes:
         """Return one stored file; FileNotFoundError when there is none."""
+
+    def open(self, key: str, name: str) -> StoredFile:
+        """Open one stored file to read it in pieces; FileNotFoundError when there is none."""
 
     def location(self, key: str) -> str:
         """Say where the files of a key are, for people (a directory, a URL)."""

@@ -10,7 +10,13 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from preview_worker.store.base import ABANDONED_AFTER, StorageError, check_key, check_name
+from preview_worker.store.base import (
+    ABANDONED_AFTER,
+    StorageError,
+    StoredFile,
+    check_key,
+    check_name,
+)
 
 PREVIEWS = "previews"  # the store's folder inside DATA_DIR
 
@@ -65,6 +71,11 @@ class FileStore:
     def read(self, key: str, name: str) -> bytes:
         """Return one stored file; FileNotFoundError when there is none."""
         return self.path_of(key, name).read_bytes()
+
+    def open(self, key: str, name: str) -> StoredFile:
+        """Open one stored file to read it in pieces; FileNotFoundError when there is none."""
+        stream = open(self.path_of(key, name), "rb")  # the caller closes it
+        return StoredFile(stream, os.fstat(stream.fileno()).st_size)
 
     def location(self, key: str) -> str:
         """Return the directory of a key."""

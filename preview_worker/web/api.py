@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 from flask import Blueprint, Response, g, request, url_for
+from werkzeug.wsgi import wrap_file
 
 from preview_worker import dead_letters, queueing
-from preview_worker.previews import ARTIFACT_POLICY, UnknownArtifact, read_artifact
+from preview_worker.previews import ARTIFACT_POLICY, UnknownArtifact, open_artifact
 from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, parse_payload, validate_payload
 from preview_worker.web.shared import answer, error_response, shared
 
@@ -130,11 +131,14 @@ def artifact(digest: str, name: str) -> Response:
     if not shared().signer.allows(request.args.get("token", ""), digest, name):
         return error_response(403, "forbidden", "the artifact link is invalid or expired")
     try:
-        data, content_type = read_artifact(shared().store, digest, name)
+        stored, content_type = open_artifact(shared().store, digest, name)
     except UnknownArtifact:
         return error_response(404, "not_found", "no such artifact")
-    # Artifacts are small and never change under their hash: read whole, cache for long.
-    response = Response(data, mimetype=content_type)
+    # Streamed in blocks, never read whole; they never change under their hash: cache long.
+    response = Response(
+        wrap_file(request.environ, stored.stream), mimetype=content_type, direct_passthrough=True
+    )
+    response.content_length = stored.size
     response.headers["Cache-Control"] = "private, max-age=3600, immutable"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = ARTIFACT_POLICY
