@@ -17,3 +17,17 @@ def connect(url: str) -> redis.Redis:
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
     )
+
+
+# Replies of a Redis that takes no writes for now: out of memory, a failed snapshot, a
+# replica or a primary without its peers. A transaction refused for one of them says so
+# after "Transaction discarded because of: ".
+REFUSALS = ("OOM", "MISCONF", "READONLY", "MASTERDOWN", "NOREPLICAS")
+
+
+def is_refusal(error: redis.RedisError) -> bool:
+    """Tell whether Redis refused a write for a while, having changed nothing."""
+    if isinstance(error, (redis.exceptions.OutOfMemoryError, redis.ReadOnlyError)):
+        return True
+    reason = str(error).removeprefix("Transaction discarded because of: ")
+    return isinstance(error, redis.ResponseError) and reason.startswith(REFUSALS)

@@ -8,7 +8,12 @@ from __future__ import annotations
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.queue import Queue
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
 from rq.scheduler import RQScheduler
 from rq.worker import BaseWorker
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
@@ -94,6 +99,16 @@ def failed_key(queue: str) -> str:
 def started_key(queue: str) -> str:
     """Return the started-job registry of a queue: members are "<job id>:<execution id>"."""
     return StartedJobRegistry.key_template.format(queue)
+
+
+def scheduled_key(queue: str) -> str:
+    """Return the scheduled-job registry of a queue: retries waiting for their time."""
+    return ScheduledJobRegistry.key_template.format(queue)
+
+
+def deferred_key(queue: str) -> str:
+    """Return the deferred-job registry of a queue: jobs waiting for their dependencies."""
+    return DeferredJobRegistry.key_template.format(queue)
 
 
 def scheduler_lock_key(queue: str) -> str:

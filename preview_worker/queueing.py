@@ -17,6 +17,7 @@ from rq.job import Job, JobStatus
 
 from preview_worker import hooks, keys
 from preview_worker.canonical import canonical_json
+from preview_worker.connections import is_refusal
 from preview_worker.observe.outcomes import end_key_of, forget, record_end, record_outcome
 from preview_worker.retries import retry_policy
 from preview_worker.schema import default_of
@@ -179,33 +180,51 @@ def _enqueue(
     # score is the time by which it must have started (see recovery: QueuedTooLong).
     connection.zadd(keys.ACCEPTED, {job_id: time.time() + settings.queued_ttl})
     try:
-        job = queue.enqueue(
-            function,
-            payload,
-            job_id=job_id,
-            unique=True,  # concurrent duplicates: exactly one enqueue succeeds
-            retry=retry_policy(settings),
-            job_timeout=settings.job_timeout,
-            result_ttl=settings.result_ttl,
-            failure_ttl=settings.failure_ttl,
-            description=f"preview of {payload.get('tutorialId')}",
-            meta={
-                "requestId": request_id or payload.get("requestId"),
-                "priority": priority,
-                "submittedAt": round(time.time(), 3),
-                "progress": {"stage": "queued", "percent": 0},
-            },
-            on_success=Callback(hooks.on_success),
-            on_failure=Callback(hooks.on_failure),
-            on_stopped=Callback(hooks.on_stopped),
-        )
+        job = _put_on_queue(queue, payload, request_id, job_id, function, settings)
     except DuplicateJobError:
         existing = _fetch(connection, job_id)
         if existing is None:  # the other submission's job expired in between
             return _enqueue(connection, settings, payload, request_id, job_id, function)
         return _duplicate(connection, existing)
+    except redis.ResponseError as error:
+        if is_refusal(error):
+            # Redis refused the job's writes: nothing was accepted, so nothing is tracked.
+            connection.zrem(keys.ACCEPTED, job_id)
+        raise
     record_outcome(connection, queue.name, "enqueued")
     return Submission(job.id, job.get_status(refresh=False).value, queue.name, duplicate=False)
+
+
+def _put_on_queue(
+    queue: Queue,
+    payload: dict[str, Any],
+    request_id: str | None,
+    job_id: str,
+    function: str,
+    settings: Settings,
+) -> Job:
+    """Enqueue the job with every policy attached; DuplicateJobError if its id is taken."""
+    priority = _priority(payload)
+    return queue.enqueue(
+        function,
+        payload,
+        job_id=job_id,
+        unique=True,  # concurrent duplicates: exactly one enqueue succeeds
+        retry=retry_policy(settings),
+        job_timeout=settings.job_timeout,
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.failure_ttl,
+        description=f"preview of {payload.get('tutorialId')}",
+        meta={
+            "requestId": request_id or payload.get("requestId"),
+            "priority": priority,
+            "submittedAt": round(time.time(), 3),
+            "progress": {"stage": "queued", "percent": 0},
+        },
+        on_success=Callback(hooks.on_success),
+        on_failure=Callback(hooks.on_failure),
+        on_stopped=Callback(hooks.on_stopped),
+    )
 
 
 def _resubmit(

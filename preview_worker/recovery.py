@@ -1,9 +1,11 @@
 """Bring back jobs that dead workers left behind, long before RQ's own cleanup would.
 
-Two ways a job goes astray. A worker on several queues pops with BLPOP; killed before it
+Three ways a job goes astray. A worker on several queues pops with BLPOP; killed before it
 records the job, it leaves a job queued in name but on no queue. A worker killed mid-job
-leaves a started job that RQ reaps only after its heartbeat and maintenance interval.
-Recovery walks the accepted jobs that have not ended and puts both kinds back.
+leaves a started job that RQ reaps only after its heartbeat and maintenance interval. A
+write refused half-way (Redis out of memory) can leave a job scheduled or deferred in name
+but in no registry, where no scheduler will ever find it. Recovery walks the accepted jobs
+that have not ended and puts all three kinds back.
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ class Sighting:
     enqueued_at: str  # as RQ recorded it: with the id, it names this end of the job
 
 
+# Where a job of each waiting status belongs, by its queue's name: on the queue itself, or in
+# the registry a scheduler reads.
+REGISTRIES = {
+    JobStatus.SCHEDULED.value: keys.scheduled_key,
+    JobStatus.DEFERRED.value: keys.deferred_key,
+}
+PLACES = {JobStatus.QUEUED.value: keys.queue_key, **REGISTRIES}
+
 # What an ended job counts as, if its hook did not count it (it died with its worker).
 ENDED_OUTCOMES = {
     JobStatus.FINISHED.value: "succeeded",
@@ -101,10 +111,13 @@ def recover(connection: redis.Redis) -> RecoveryReport:
         )  # type: ignore[assignment]
         sightings = _sight(connection, accepted)
         waiting = _queued_ids(connection, {s.origin for s in sightings if s.status == "queued"})
+        waiting |= _registered_ids(connection, sightings)
         for sighting in sightings:
             _recover_one(connection, sighting, sighting.job_id in waiting, report)
-        # Forget first sightings of jobs that are back on a queue, running or ended.
-        lost = {s.job_id for s in sightings if s.status == "queued" and s.job_id not in waiting}
+        # Forget first sightings of jobs that are back where they wait, running or ended.
+        lost = {
+            s.job_id for s in sightings if s.status in PLACES and s.job_id not in waiting
+        }
         missing = {keys.text(raw) for raw in connection.hkeys(keys.MISSING)} - lost
         if missing:
             connection.hdel(keys.MISSING, *missing)
@@ -134,6 +147,16 @@ def _sight(connection: redis.Redis, accepted: list[tuple[bytes, float]]) -> list
             accepted, rows, strict=True
         )
     ]
+
+
+def _registered_ids(connection: redis.Redis, sightings: list[Sighting]) -> set[str]:
+    """Return the ids of scheduled and deferred jobs found in their registries."""
+    looked = [s for s in sightings if s.status in REGISTRIES]
+    with connection.pipeline(transaction=False) as pipe:
+        for sighting in looked:
+            pipe.zscore(PLACES[str(sighting.status)](sighting.origin), sighting.job_id)
+        scores = pipe.execute()
+    return {s.job_id for s, score in zip(looked, scores, strict=True) if score is not None}
 
 
 def _queued_ids(connection: redis.Redis, origins: set[str]) -> set[str]:
@@ -174,31 +197,37 @@ def _recover_one(
         if on_queue and not sighting.started and sighting.start_by < time.time():
             _expire(connection, Job.fetch(job_id, connection=connection), report)
         elif not on_queue:
-            _recover_if_lost(connection, job_id, report)
+            _recover_if_lost(connection, job_id, status, report)
+    elif status in REGISTRIES and not on_queue:
+        _recover_if_lost(connection, job_id, status, report)
     elif status == JobStatus.STARTED.value:
         job = Job.fetch(job_id, connection=connection)
         if not attempt_may_run(connection, job):
             _fail_abandoned(connection, job, report)
 
 
-def _recover_if_lost(connection: redis.Redis, job_id: str, report: RecoveryReport) -> None:
-    """Put a job that is queued but on no queue back, once it has been so for the grace period."""
+def _recover_if_lost(
+    connection: redis.Redis, job_id: str, status: str, report: RecoveryReport
+) -> None:
+    """Put a job back on its queue once it has been out of its place for the grace period."""
     now = time.time()
-    # Seen off its queue twice, MISSING_GRACE apart: a live worker would have recorded it.
+    # Seen out of place twice, MISSING_GRACE apart: a live worker would have recorded it.
     connection.hsetnx(keys.MISSING, job_id, now)
     first_seen = float(connection.hget(keys.MISSING, job_id) or now)
     if now - first_seen < MISSING_GRACE:
         return
     job = Job.fetch(job_id, connection=connection)
     queue = Queue(job.origin, connection=connection)
+    place = PLACES[status](queue.name)
     with connection.pipeline() as pipe:
         try:
-            # Look again under WATCH: push it back only if it is still queued and still lost.
-            pipe.watch(job.key, queue.key)  # type: ignore[no-untyped-call]
-            if job.get_status() != JobStatus.QUEUED or pipe.lpos(queue.key, job.id) is not None:
+            # Look again under WATCH: push it back only if it is still where it was, and lost.
+            pipe.watch(job.key, queue.key, place)  # type: ignore[no-untyped-call]
+            if job.get_status().value != status or _is_in(pipe, place, job.id):
                 return
             stale = _executions_of(connection, job, queue)
             pipe.multi()
+            pipe.hset(job.key, "status", JobStatus.QUEUED.value)
             if stale:
                 pipe.zrem(keys.started_key(queue.name), *stale)
             pipe.lrem(keys.intermediate_key(queue.name), 0, job.id)  # a single-queue worker's pop
@@ -208,6 +237,13 @@ def _recover_if_lost(connection: redis.Redis, job_id: str, report: RecoveryRepor
         except WatchError:
             return  # it moved meanwhile: the next pass looks again
     report.requeued.append(job.id)
+
+
+def _is_in(connection: redis.Redis | redis.client.Pipeline, place: str, job_id: str) -> bool:
+    """Tell whether a job id is on a queue (a list) or in a registry (a sorted set)."""
+    if place.startswith(keys.queue_key("")):
+        return connection.lpos(place, job_id) is not None
+    return connection.zscore(place, job_id) is not None
 
 
 def _executions_of(connection: redis.Redis, job: Job, queue: Queue) -> list[str]:

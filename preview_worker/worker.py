@@ -34,6 +34,18 @@ RECOVERY_INTERVAL = 10.0  # seconds between recovery passes of a pool
 # of a dead worker; RQ's default of 600 would leave retries waiting for ten minutes.
 MAINTENANCE_INTERVAL = 60
 SWEEP_INTERVAL = 3600.0  # seconds between sweeps of half-written artifact directories
+# A worker that exits sooner than this after its start most likely cannot start at all
+# (Redis refusing writes, say): its slot waits before the next try, longer each time.
+QUICK_EXIT = 10.0  # seconds
+RESTART_DELAY_BASE = 0.5  # seconds before restarting after the first quick exit
+RESTART_DELAY_CAP = 60.0  # seconds; the longest wait between two tries
+
+
+def restart_delay(quick_exits: int) -> float:
+    """Return how long a slot waits before its next worker, after so many quick exits in a row."""
+    if quick_exits == 0:
+        return 0.0
+    return float(min(RESTART_DELAY_CAP, RESTART_DELAY_BASE * 2.0 ** (quick_exits - 1)))
 
 
 class AliveMixin:
@@ -146,6 +158,9 @@ class WorkerPool:
     max_jobs: int | None = None  # jobs before a worker is replaced; None: never
     processes: dict[int, BaseProcess] = field(default_factory=dict)
     stopping: bool = False
+    started: dict[int, float] = field(default_factory=dict)  # slot -> monotonic start
+    quick_exits: dict[int, int] = field(default_factory=dict)  # slot -> quick exits in a row
+    restarts: dict[int, float] = field(default_factory=dict)  # slot -> monotonic restart time
 
     @classmethod
     def for_settings(
@@ -171,6 +186,7 @@ class WorkerPool:
         )
         process.start()
         self.processes[index] = process
+        self.started[index] = time.monotonic()
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """Drain: each worker finishes its running job and starts nothing new."""
@@ -190,7 +206,7 @@ class WorkerPool:
             self.start_worker(index)
         connection = connect(self.redis_url)
         next_recovery = next_sweep = 0.0
-        while self.processes:
+        while self.processes or (self.restarts and not self.stopping):
             if not self.stopping and time.monotonic() >= next_recovery:
                 recovery.recover_safely(connection)
                 next_recovery = time.monotonic() + RECOVERY_INTERVAL
@@ -198,8 +214,13 @@ class WorkerPool:
                 self.sweep_store()
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
             self.reap(connection)
-            # Wake as soon as a worker exits, or every half second for recovery.
-            wait([process.sentinel for process in self.processes.values()], timeout=0.5)
+            self.restart_due()
+            # Wake as soon as a worker exits, or every half second for recovery and restarts.
+            sentinels = [process.sentinel for process in self.processes.values()]
+            if sentinels:
+                wait(sentinels, timeout=0.5)
+            else:
+                time.sleep(0.5)
 
     def sweep_store(self) -> None:
         """Remove half-written artifact directories that killed renders left behind."""
@@ -221,5 +242,30 @@ class WorkerPool:
             # A burst worker also exits after max_jobs: replace it while work remains.
             more = not self.burst or queueing.queued_count(connection, self.settings) > 0
             if not self.stopping and more:
-                log.info("worker %d exited with %s; starting another", index, process.exitcode)
+                self.schedule_restart(index, process.exitcode)
+
+    def schedule_restart(self, index: int, exit_code: int | None) -> None:
+        """Restart a slot's worker at once, or later when its workers keep exiting at once."""
+        lived = time.monotonic() - self.started.get(index, 0.0)
+        quick = self.quick_exits.get(index, 0) + 1 if lived < QUICK_EXIT else 0
+        self.quick_exits[index] = quick
+        delay = restart_delay(quick)
+        if delay:
+            log.warning(
+                "worker %d exited with %s after %.1f s (%d quick exits in a row); "
+                "restarting in %.1f s", index, exit_code, lived, quick, delay,
+            )
+        else:
+            log.info("worker %d exited with %s; starting another", index, exit_code)
+        self.restarts[index] = time.monotonic() + delay
+        self.restart_due()
+
+    def restart_due(self) -> None:
+        """Start the workers of slots whose wait is over; drop them all when draining."""
+        if self.stopping:
+            self.restarts.clear()
+            return
+        for index, due in list(self.restarts.items()):
+            if time.monotonic() >= due:
+                del self.restarts[index]
                 self.start_worker(index)

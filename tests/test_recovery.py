@@ -165,3 +165,39 @@ def test_a_job_whose_worker_died_after_its_hook_is_still_recovered(
     outcomes.record_end(redis_client, Job.fetch(job_id, connection=redis_client), "succeeded")
     assert redis_client.zscore(keys.ACCEPTED, job_id) is not None, "a hook forgets nothing"
     assert recovery.recover(redis_client).retried == [job_id]
+
+
+@pytest.mark.parametrize("status", [JobStatus.SCHEDULED, JobStatus.DEFERRED])
+def test_a_job_waiting_in_no_registry_is_requeued_after_the_grace_period(
+    redis_client: redis.Redis, job_id: str, status: JobStatus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a job left scheduled or deferred on no queue and in no registry, it comes back.
+
+    Redis out of memory can refuse the write that files a retry in its registry after the
+    status was set: no scheduler would ever find that job.
+    """
+    monkeypatch.setattr(recovery, "MISSING_GRACE", 0.3)
+    pop_and_die(redis_client, job_id)
+    Job.fetch(job_id, connection=redis_client).set_status(status)
+    assert recovery.recover(redis_client).requeued == []  # first sight
+    time.sleep(0.4)
+    assert recovery.recover(redis_client).requeued == [job_id]
+    assert Job.fetch(job_id, connection=redis_client).get_status() == JobStatus.QUEUED
+    assert redis_client.lrange("rq:queue:normal", 0, -1) == [job_id.encode()]
+    assert recovery.recover(redis_client).requeued == []
+
+
+def test_a_job_in_its_registry_is_left_to_the_scheduler(
+    redis_client: redis.Redis, job_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a retry scheduled in its registry, recovery never moves it, however long it waits."""
+    monkeypatch.setattr(recovery, "MISSING_GRACE", 0.1)
+    pop_and_die(redis_client, job_id)
+    job = Job.fetch(job_id, connection=redis_client)
+    job.set_status(JobStatus.SCHEDULED)
+    redis_client.zadd(keys.scheduled_key("normal"), {job_id: time.time() + 600})
+    for _ in range(3):
+        assert recovery.recover(redis_client).requeued == []
+        time.sleep(0.15)
+    assert job.get_status() == JobStatus.SCHEDULED
+    assert redis_client.llen("rq:queue:normal") == 0

@@ -17,7 +17,7 @@ from flask import Flask, Response, g, has_request_context, request
 from rq.exceptions import NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
-from preview_worker.connections import connect
+from preview_worker.connections import connect, is_refusal
 from preview_worker.embedded_redis import known_redis_url
 from preview_worker.logs import configure_logging, use_request_ids
 from preview_worker.settings import Settings, SettingsError, load_settings
@@ -132,21 +132,31 @@ def init_errors(app: Flask) -> None:
         # rq-dashboard's actions on a job that expired or was purged meanwhile.
         return error_response(404, "not_found", "no such job")
 
-    # A lost or busy connection, or a replica not yet promoted in a failover, is worth a
-    # retry; any other refused command is our bug (500), not an unreachable Redis.
+    # A lost or busy connection, a replica not yet promoted in a failover, or a Redis that
+    # refuses writes (out of memory, unable to persist) is worth a retry: nothing was
+    # changed. Any other refused command is our bug (500), not an unavailable Redis.
     @app.errorhandler(redis.ConnectionError)
     @app.errorhandler(redis.TimeoutError)
-    @app.errorhandler(redis.ReadOnlyError)
-    def redis_down(error: redis.RedisError) -> Response:
-        log.error("Redis is unreachable: %s", error)
-        response = error_response(503, "unavailable", "the job queue is unreachable; retry soon")
+    @app.errorhandler(redis.ResponseError)
+    def redis_unavailable(error: redis.RedisError) -> Response:
+        if isinstance(error, redis.ResponseError) and not is_refusal(error):
+            return internal_error(error)
+        log.error("Redis is unavailable: %s", error)
+        response = error_response(
+            503, "unavailable", "the job queue is unreachable or refuses writes; retry soon"
+        )
         response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(Exception)
     def unhandled(error: Exception) -> Response:
-        log.exception("unhandled error")  # the traceback stays in the log, not the answer
-        return error_response(500, "internal_error", "something went wrong on our side")
+        return internal_error(error)
+
+
+def internal_error(error: Exception) -> Response:
+    """Answer 500 with the envelope; the traceback stays in the log, not the answer."""
+    log.error("unhandled error", exc_info=error)
+    return error_response(500, "internal_error", "something went wrong on our side")
 
 
 def current_request_id() -> str | None:
