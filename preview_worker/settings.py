@@ -21,6 +21,8 @@ QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 URL_USERINFO = re.compile(
     r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:/*)?(?P<userinfo>.*)@(?P<location>[^@]*)$", re.DOTALL
 )
+# An origin as browsers send it: scheme, host (a name or a bracketed IPv6), optional port.
+ORIGIN_PATTERN = re.compile(r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
 QUERY_PASSWORD = re.compile(r"([?&][a-z_]*password=)[^&#]*", re.IGNORECASE)
 
 
@@ -42,6 +44,9 @@ class Settings:
     api_tokens: tuple[str, ...] = ()  # PREVIEW_API_TOKENS; comma-separated bearer tokens
     signing_key: str = ""  # PREVIEW_SIGNING_KEY; signs artifact URLs
     open_probes: bool = True  # PREVIEW_OPEN_PROBES; health and metrics answer without a token
+    # PREVIEW_ALLOWED_ORIGINS; comma-separated origins (https://ops.example.com) whose pages
+    # may send the dashboard's writes; none: every dashboard write is refused
+    allowed_origins: tuple[str, ...] = ()
     retry_max: int = 3  # PREVIEW_RETRY_MAX; retries after the first attempt
     retry_base_delay: float = 2.0  # PREVIEW_RETRY_BASE_DELAY; seconds before the first retry
     retry_max_delay: float = 300.0  # PREVIEW_RETRY_MAX_DELAY; seconds, cap of any retry gap
@@ -144,6 +149,17 @@ def _tokens(name: str, raw: str) -> tuple[str, ...]:
     return tokens
 
 
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """Split a comma-separated list of origins: scheme://host[:port], nothing after."""
+    origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
+    for origin in origins:
+        if not ORIGIN_PATTERN.match(origin):
+            raise SettingsError(
+                f"{name} holds {origin!r}, not an origin like https://ops.example.com"
+            )
+    return origins
+
+
 def redact_url(url: str) -> str:
     """Return a URL with any password replaced, safe for logs and health reports."""
     # The user info runs to the last '@', past any '/', '?' or '#' that a password holds
@@ -191,6 +207,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         environment=read("PREVIEW_ENV", one_of(ENVIRONMENTS), defaults.environment),
         api_tokens=read("PREVIEW_API_TOKENS", _tokens, defaults.api_tokens),
         open_probes=read("PREVIEW_OPEN_PROBES", _flag, defaults.open_probes),
+        allowed_origins=read("PREVIEW_ALLOWED_ORIGINS", _origins, defaults.allowed_origins),
         signing_key=read(
             "PREVIEW_SIGNING_KEY", lambda _name, raw: raw.strip(), defaults.signing_key
         ),

@@ -85,14 +85,25 @@ def run_workers(settings: Settings, options: PoolOptions) -> None:
         WorkerPool.for_settings(url, settings, options).run()
 
 
+def local_origins(bind: str) -> list[str]:
+    """Return the origins a browser on this machine opens the service by, for its dashboard."""
+    host, _, port = bind.rpartition(":")
+    if host in ("", "0.0.0.0", "127.0.0.1", "localhost", "[::]", "[::1]"):
+        return [f"http://localhost:{port}", f"http://127.0.0.1:{port}", f"http://[::1]:{port}"]
+    return [f"http://{host}:{port}"]
+
+
 def run_service(settings: Settings, bind: str) -> None:
     """Run the whole service: the API (gunicorn), a worker pool, and Redis if none is set."""
     if not port_is_free(bind):
         raise ServiceError(f"something already listens on {bind}: is the service running?")
     with service_redis(settings) as url:
+        environment = {**os.environ, "REDIS_URL": url}
+        if not settings.allowed_origins:
+            environment["PREVIEW_ALLOWED_ORIGINS"] = ",".join(local_origins(bind))
         api = subprocess.Popen(
             [sys.executable, "-m", "preview_worker", "serve", "--bind", bind],
-            env={**os.environ, "REDIS_URL": url},
+            env=environment,
         )
         base = f"http://{bind}"
         print(f"API        {base}/api/preview/job\n"

@@ -102,6 +102,7 @@ def service_environment(redis_url: str, data_dir: Path, **extra: str) -> dict[st
         "PREVIEW_RETRY_BASE_DELAY": "1",
         "PREVIEW_RETRY_MAX_DELAY": "8",
         "PREVIEW_JOB_TIMEOUT": "60",
+        "PREVIEW_ALLOWED_ORIGINS": "http://localhost",  # the test client's own origin
         **extra,
     }
 

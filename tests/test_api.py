@@ -383,3 +383,62 @@ def test_an_artifact_is_streamed_not_read_whole(app: Flask) -> None:
         tracemalloc.stop()
     assert received == len(page)
     assert peak < 4 << 20, f"serving held {peak >> 20} MiB"
+
+
+def dead_letter_one(app: Flask) -> str:
+    """Dead-letter one job through a real worker in this process; return its id."""
+    shared = preview_of(app)
+    job_id = queueing.submit(shared.connection, shared.settings, payload(tutorialId="Bad")).job_id
+    run_jobs(app)
+    return job_id
+
+
+def test_head_on_the_dashboards_requeue_is_refused_like_get(
+    client: FlaskClient, app: Flask
+) -> None:
+    """Given a dead letter, HEAD /rq/requeue/normal answers 405 and requeues nothing."""
+    job_id = dead_letter_one(app)
+    assert client.head("/rq/requeue/normal").status_code == 405
+    assert queueing.job_status(preview_of(app).connection, job_id)["deadLettered"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_dashboard_writes_come_only_from_allowed_origins(
+    client: FlaskClient, app: Flask, method: str
+) -> None:
+    """Given every unsafe method, the Origin must be listed; the request's own Host counts for
+    nothing (a rebound DNS name sends a matching Host and Origin)."""
+    job_id = dead_letter_one(app)
+    path = "/rq/requeue/normal"
+    refused = [
+        {},  # no Origin, no Referer
+        {"Origin": "null"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "http://evil.example", "Host": "evil.example"},  # DNS rebinding
+        {"Referer": "http://evil.example/rq/"},
+        {"Origin": "http://localhost.evil.example"},
+    ]
+    for headers in refused:
+        answer = client.open(path, method=method, headers=headers)
+        assert_envelope(answer, 403, "forbidden")
+    assert queueing.job_status(preview_of(app).connection, job_id)["deadLettered"]
+    if method == "POST":
+        allowed = client.post(path, headers={"Referer": "http://localhost/rq/0/view/jobs"})
+        assert allowed.status_code == 200 and allowed.get_json()["count"] == 1
+
+
+def test_no_allowed_origin_means_no_dashboard_write(make_app: AppMaker) -> None:
+    """Given PREVIEW_ALLOWED_ORIGINS empty, even the app's own origin cannot write."""
+    client = make_app(PREVIEW_API_TOKENS=TOKEN, PREVIEW_ALLOWED_ORIGINS="").test_client()
+    answer = client.post("/rq/requeue/normal", headers={**AUTH, "Origin": "http://localhost"})
+    assert_envelope(answer, 403, "forbidden")
+    assert client.get("/rq/", headers=AUTH).status_code == 200  # reading stays open
+
+
+@pytest.mark.parametrize(
+    "path", ["/rq/queue/missing/compact", "/rq/queue/missing/failed/empty", "/rq/requeue/missing"]
+)
+def test_dashboard_actions_on_a_queue_not_ours_are_404(client: FlaskClient, path: str) -> None:
+    """Given a queue name that is not one of ours, the dashboard's action answers 404."""
+    answer = client.post(path, headers={"Origin": "http://localhost"})
+    assert_envelope(answer, 404, "not_found")

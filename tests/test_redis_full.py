@@ -41,7 +41,7 @@ class FullRedis:
             self.client.delete(key)
         self.client.config_set("maxmemory", 0)
 
-    def snapshot(self) -> dict[bytes, bytes]:
+    def snapshot(self) -> dict[object, object]:
         """Return every key with a dump of its value."""
         return {key: self.client.dump(key) or b"" for key in sorted(self.client.keys("*"))}
 

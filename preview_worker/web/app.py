@@ -141,7 +141,7 @@ def init_errors(app: Flask) -> None:
     def redis_unavailable(error: redis.RedisError) -> Response:
         if isinstance(error, redis.ResponseError) and not is_refusal(error):
             return internal_error(error)
-        log.error("Redis is unavailable: %s", error)
+        log.error("Redis is unreachable or refuses writes: %s", error)
         response = error_response(
             503, "unavailable", "the job queue is unreachable or refuses writes; retry soon"
         )

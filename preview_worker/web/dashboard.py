@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from flask import Flask, Response, request
 
-from preview_worker.web.shared import error_response
+from preview_worker.queueing import queue_names
+from preview_worker.web.shared import error_response, preview_of
 
 PREFIX = "/rq"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# rq-dashboard's requeue-all answers GET too: unsafe on any method.
+UNSAFE_ON_GET = re.compile(rf"^{PREFIX}/requeue/")
+# Its actions on one queue, by name: only our own queues are the dashboard's to touch.
+QUEUE_ACTION = re.compile(rf"^{PREFIX}/(?:queue|requeue)/([^/]+)")
 
 
 def init_dashboard(app: Flask, redis_url: str) -> None:
@@ -31,19 +38,33 @@ def init_dashboard(app: Flask, redis_url: str) -> None:
     # use a connection only this sets up; without it they crash as a process's first call.
     setup_rq_connection(app)
 
+    settings = preview_of(app).settings
+    ours = set(queue_names(settings))
+
     @app.before_request
     def guard_dashboard_writes() -> Response | None:
         if not request.path.startswith(PREFIX + "/"):
             return None
-        if request.method == "GET" and request.path.startswith(f"{PREFIX}/requeue/"):
+        action = QUEUE_ACTION.match(request.path)
+        if action and action.group(1) not in ours:
+            return error_response(404, "not_found", "no such queue")
+        if request.method in SAFE_METHODS and not UNSAFE_ON_GET.match(request.path):
+            return None
+        if request.method in SAFE_METHODS:
             return error_response(405, "method_not_allowed", "requeue needs a POST")
-        if request.method == "POST" and not same_origin():
-            return error_response(403, "forbidden", "cross-site dashboard request refused")
+        if origin_of_request() not in settings.allowed_origins:
+            return error_response(
+                403, "forbidden",
+                "dashboard writes come only from the origins in PREVIEW_ALLOWED_ORIGINS",
+            )
         return None
 
 
-def same_origin() -> bool:
-    """Tell whether a browser request came from a page of this very host (a CSRF check)."""
-    source = request.headers.get("Origin") or request.headers.get("Referer") or ""
-    host = request.host_url.rstrip("/")
-    return source == host or source.startswith(host + "/")
+def origin_of_request() -> str:
+    """Return the origin of the page that sent the request: Origin, else Referer's; or ''."""
+    # Never the request's own Host: an attacker's page sets it (DNS rebinding).
+    origin = request.headers.get("Origin", "")
+    if origin and origin != "null":
+        return origin.rstrip("/")
+    referer = urlsplit(request.headers.get("Referer", ""))
+    return f"{referer.scheme}://{referer.netloc}" if referer.scheme and referer.netloc else ""
