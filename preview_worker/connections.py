@@ -6,6 +6,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from preview_worker.settings import Settings, SettingsError
+
 
 def connect(url: str) -> redis.Redis:
     """Open a Redis connection for RQ (bytes, not decoded strings) that fails fast when down."""
@@ -31,3 +33,26 @@ def is_refusal(error: redis.RedisError) -> bool:
         return True
     reason = str(error).removeprefix("Transaction discarded because of: ")
     return isinstance(error, redis.ResponseError) and reason.startswith(REFUSALS)
+
+
+def persists(connection: redis.Redis) -> bool | None:
+    """Tell whether Redis writes its data to disk (AOF or RDB snapshots); None if it won't say."""
+    try:
+        appendonly = connection.config_get("appendonly").get("appendonly", "no")
+        save = connection.config_get("save").get("save", "")
+    except redis.ResponseError:  # CONFIG renamed or forbidden, as managed services do
+        enabled = connection.info("persistence").get("aof_enabled")
+        return True if enabled else None
+    return str(appendonly) == "yes" or bool(str(save).strip())
+
+
+def require_persistence(connection: redis.Redis, settings: Settings) -> None:
+    """In production, refuse a Redis that keeps accepted jobs in memory only, unless allowed."""
+    if not settings.production or settings.allow_volatile_redis:
+        return
+    if persists(connection) is False:
+        raise SettingsError(
+            "PREVIEW_ENV=production needs a Redis that persists (appendonly yes, or save "
+            "rules): this one keeps accepted jobs in memory only and loses them on a restart; "
+            "set PREVIEW_ALLOW_VOLATILE_REDIS=true if that is wanted"
+        )

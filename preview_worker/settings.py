@@ -44,6 +44,8 @@ class Settings:
     api_tokens: tuple[str, ...] = ()  # PREVIEW_API_TOKENS; comma-separated bearer tokens
     signing_key: str = ""  # PREVIEW_SIGNING_KEY; signs artifact URLs
     open_probes: bool = True  # PREVIEW_OPEN_PROBES; health and metrics answer without a token
+    # PREVIEW_ALLOW_VOLATILE_REDIS; production starts on a Redis without AOF or RDB only if true
+    allow_volatile_redis: bool = False
     # PREVIEW_ALLOWED_ORIGINS; comma-separated origins (https://ops.example.com) whose pages
     # may send the dashboard's writes; none: every dashboard write is refused
     allowed_origins: tuple[str, ...] = ()
@@ -207,6 +209,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         environment=read("PREVIEW_ENV", one_of(ENVIRONMENTS), defaults.environment),
         api_tokens=read("PREVIEW_API_TOKENS", _tokens, defaults.api_tokens),
         open_probes=read("PREVIEW_OPEN_PROBES", _flag, defaults.open_probes),
+        allow_volatile_redis=read(
+            "PREVIEW_ALLOW_VOLATILE_REDIS", _flag, defaults.allow_volatile_redis
+        ),
         allowed_origins=read("PREVIEW_ALLOWED_ORIGINS", _origins, defaults.allowed_origins),
         signing_key=read(
             "PREVIEW_SIGNING_KEY", lambda _name, raw: raw.strip(), defaults.signing_key

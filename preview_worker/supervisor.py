@@ -11,13 +11,13 @@ from collections.abc import Iterator
 
 import redis
 
-from preview_worker.connections import connect
+from preview_worker.connections import connect, require_persistence
 from preview_worker.embedded_redis import (
     EmbeddedRedis,
     development_url_file,
     running_development_url,
 )
-from preview_worker.settings import Settings
+from preview_worker.settings import Settings, SettingsError
 from preview_worker.worker import PoolOptions, WorkerPool
 
 API_STOP_TIMEOUT = 30  # seconds gunicorn may take to drain its requests on SIGTERM
@@ -81,7 +81,14 @@ def check_redis(url: str) -> redis.Redis:
 def run_workers(settings: Settings, options: PoolOptions) -> None:
     """Run a worker pool until it is told to stop, on a Redis that answers first."""
     with service_redis(settings) as url:
-        check_redis(url).close()  # a wrong password or address: one line, not a crash loop
+        # A wrong password or address, or a volatile Redis: one line, not a crash loop.
+        connection = check_redis(url)
+        try:
+            require_persistence(connection, settings)
+        except SettingsError as error:
+            raise ServiceError(str(error)) from None
+        finally:
+            connection.close()
         WorkerPool.for_settings(url, settings, options).run()
 
 

@@ -17,7 +17,7 @@ from flask import Flask, Response, g, has_request_context, request
 from rq.exceptions import NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
-from preview_worker.connections import connect, is_refusal
+from preview_worker.connections import connect, is_refusal, require_persistence
 from preview_worker.embedded_redis import known_redis_url
 from preview_worker.logs import configure_logging, use_request_ids
 from preview_worker.settings import Settings, SettingsError, load_settings
@@ -51,9 +51,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     redis_url = app.config.get("REDIS_URL") or known_redis_url(settings)
     if not redis_url:
         raise SettingsError("REDIS_URL is not set and no development Redis is running")
+    connection = connect(redis_url)
+    check_redis_persists(connection, settings)
     app.extensions[EXTENSION] = Preview(
         settings=settings,
-        connection=connect(redis_url),
+        connection=connection,
         store=store_for(settings),
         signer=signer_for(settings),
     )
@@ -76,6 +78,15 @@ def check_production(settings: Settings) -> None:
         )
     if not settings.api_tokens:
         log.warning("no PREVIEW_API_TOKENS: the API is open to anyone (development only)")
+
+
+def check_redis_persists(connection: redis.Redis, settings: Settings) -> None:
+    """Refuse a volatile Redis in production; start anyway when Redis cannot be asked now."""
+    try:
+        require_persistence(connection, settings)
+    except redis.RedisError as error:
+        # The API must come up to answer 503s while Redis is away; workers check again.
+        log.warning("could not check that Redis persists: %s", error)
 
 
 def init_request_ids(app: Flask) -> None:
