@@ -139,3 +139,14 @@ def test_the_job_timeout_is_a_permanent_failure() -> None:
     """A render killed by the job's hard timeout would be again: no retries."""
     assert is_permanent(JobTimeoutException) and is_permanent(PreviewRefused)
     assert not is_permanent(OSError)
+
+
+def test_the_readme_lists_exactly_the_allowed_languages() -> None:
+    """The README's list of highlighted languages is the allowlist, name for name."""
+    from .conftest import ROOT
+
+    text = (ROOT / "README.md").read_text("utf-8")
+    listed = text.split("by these names (any other name shows\nas plain text")[1]
+    listed = listed.split(":", 1)[1].split(". A block")[0]
+    names = {name.strip() for name in listed.replace("\n", " ").split(",")}
+    assert names == set(highlight.ALLOWED_LANGUAGES)
