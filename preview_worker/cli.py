@@ -36,8 +36,10 @@ def print_results(results: list[PayloadFile]) -> None:
     for result in results:
         if result.error:
             click.echo(f"{result.name}: {result.error}", err=True)
-        for problem in result.problems:
+        for problem in result.first.problems:
             click.echo(f"{result.name}: {problem}")
+        if result.first.more:
+            click.echo(f"{result.name}: and {result.first.more} more problems")
         if result.valid:
             click.echo(f"{result.name}: valid")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from preview_worker.schema import (
+    FirstProblems,
     PayloadNotJSON,
     PayloadTooLarge,
     Problem,
@@ -29,6 +30,11 @@ class PayloadFile:
     error: str | None = None
 
     @property
+    def first(self) -> FirstProblems:
+        """Return the problems shown to people: the first MAX_PROBLEMS, and how many more."""
+        return FirstProblems.of(self.problems)
+
+    @property
     def valid(self) -> bool:
         """Whether the file was read and its payload broke no rule."""
         return self.error is None and not self.problems
@@ -39,7 +45,8 @@ class PayloadFile:
             "file": self.name,
             "valid": self.valid,
             "error": self.error,
-            "problems": [problem.as_dict() for problem in self.problems],
+            "problems": self.first.as_dicts(),
+            "moreProblems": self.first.more,
         }
 
 

@@ -442,3 +442,15 @@ def test_dashboard_actions_on_a_queue_not_ours_are_404(client: FlaskClient, path
     """Given a queue name that is not one of ours, the dashboard's action answers 404."""
     answer = client.post(path, headers={"Origin": "http://localhost"})
     assert_envelope(answer, 404, "not_found")
+
+
+def test_an_invalid_payload_lists_its_first_hundred_problems(client: FlaskClient) -> None:
+    """Given 80,000 unknown fields, the 422 lists 100 problems and says how many more."""
+    body = payload(**{f"x{number}": 1 for number in range(80_000)})  # just under 1 MiB
+    answer = client.post("/api/preview/job", json=body)
+    envelope = assert_envelope(answer, 422, "invalid_payload")
+    assert len(envelope["details"]) == 100 and envelope["moreProblems"] == 79_900
+    assert "80000 problems, the first 100 listed" in envelope["message"]
+    few = assert_envelope(client.post("/api/preview/job", json=payload(tutorialId="A")), 422,
+                          "invalid_payload")
+    assert few["moreProblems"] == 0 and len(few["details"]) == 1

@@ -81,12 +81,13 @@ def test_json_output_is_machine_readable(runner: CliRunner) -> None:
     assert json.loads(result.output) == {
         "valid": False,
         "results": [
-            {"file": MINIMAL, "valid": True, "error": None, "problems": []},
+            {"file": MINIMAL, "valid": True, "error": None, "problems": [], "moreProblems": 0},
             {
                 "file": BAD_TITLE,
                 "valid": False,
                 "error": None,
                 "problems": [{"path": "/content/title", "message": "must not be empty"}],
+                "moreProblems": 0,
             },
         ],
     }
@@ -118,3 +119,19 @@ def test_operator_script_wraps_the_command(paths: list[str], code: int) -> None:
     )
     assert done.returncode == code
     assert done.stdout.splitlines()[0].startswith(paths[0])
+
+
+def test_a_file_with_many_problems_lists_the_first_hundred(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """Given 5,000 unknown fields, `validate` prints 100 problems and how many more."""
+    many = tmp_path / "many.json"
+    body = json.loads(Path(MINIMAL).read_text("utf-8"))
+    many.write_text(json.dumps({**body, **{f"x{n}": 1 for n in range(5_000)}}), "utf-8")
+    printed = runner.invoke(cli, ["validate", str(many)])
+    assert printed.exit_code == 1
+    lines = printed.output.splitlines()
+    assert len(lines) == 101 and lines[-1] == f"{many}: and 4900 more problems"
+    document = json.loads(runner.invoke(cli, ["validate", "--json", str(many)]).output)
+    assert len(document["results"][0]["problems"]) == 100
+    assert document["results"][0]["moreProblems"] == 4_900

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from rq.job import Job
 from preview_worker import dead_letters, queueing, retries
 from preview_worker.connections import connect
 from preview_worker.observe import figures, outcomes
+from preview_worker.render import preview_hash
+from preview_worker.render.model import render_input
 from preview_worker.settings import Settings, get_settings, load_settings
 from preview_worker.worker import PreviewWorker
 
@@ -55,6 +58,34 @@ def test_job_id_digest_ignores_delivery_fields_but_not_content() -> None:
     assert queueing.job_id_for(payload(priority="high", requestId="r-1")) == plain
     assert queueing.job_id_for(payload(revision=2)) != plain
     assert queueing.job_id_for(payload(dryRun=True)) != plain
+
+
+@pytest.mark.parametrize(
+    ("one", "same"),
+    [
+        ({"revision": 1}, {"revision": 1.0}),
+        ({"revision": 0}, {"revision": -0.0}),
+        ({"revision": 0}, {"revision": -0}),
+        ({"revision": 100}, {"revision": 1e2}),
+        ({"output": {"width": 1200}}, {"output": {"width": 1200.0}}),
+    ],
+)
+def test_job_id_digest_reads_integral_floats_as_integers(
+    one: dict[str, Any], same: dict[str, Any]
+) -> None:
+    """Given revision 1 and 1.0 (one JSON number written two ways), the job id is the same."""
+    assert queueing.job_id_for(payload(**one)) == queueing.job_id_for(payload(**same))
+    assert queueing.job_id_for(payload(**one)) != queueing.job_id_for(payload(revision=1.5))
+
+
+def test_integral_float_size_gives_one_preview_hash() -> None:
+    """Given width 1200.0 and 1200, the render input hashes alike: one preview, stored once."""
+    whole = render_input(payload(output={"width": 1200, "height": 630}))
+    floated = render_input(payload(output={"width": 1200.0, "height": 630.0}))
+    assert preview_hash(floated) == preview_hash(whole)
+    # The hash of a render input that kept the float (a caller skipping render_input) too.
+    assert preview_hash(replace(whole, width=1200.0)) == preview_hash(whole)  # type: ignore[arg-type]
+    assert preview_hash(replace(whole, width=1201)) != preview_hash(whole)
 
 
 def test_submit_enqueues_on_the_priority_queue_with_meta(

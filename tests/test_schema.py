@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from preview_worker import validate_payload
 from preview_worker.schema import (
     PayloadNotJSON,
     PayloadTooLarge,
     Problem,
+    ecma_regex,
     load_schema,
     parse_payload,
     payload_validator,
@@ -182,3 +185,100 @@ def test_schema_ships_inside_the_wheel(tmp_path: Path) -> None:
         {"path": "/content", "message": "is required"},
         {"path": "/tutorialId", "message": "is required"},
     ]
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (b'{"tutorialId": "a", "tutorialId": "b"}', '"tutorialId"'),
+        (b'{"content": {"steps": [{"title": "a", "body": "x", "title": "a"}]}}', '"title"'),
+        (b'{"a\\u00e9": 1, "a\xc3\xa9": 2}', '"a\\u00e9"'),  # one key, written two ways
+    ],
+)
+def test_a_duplicated_key_is_refused(body: bytes, key: str) -> None:
+    """Given an object with a key twice, even with equal values, parse_payload refuses it."""
+    with pytest.raises(PayloadNotJSON) as refused:
+        parse_payload(body, 1_000_000)
+    assert str(refused.value) == f"not I-JSON (RFC 7493): the key {key} appears twice in an object"
+
+
+@pytest.mark.parametrize(
+    ("body", "escape"),
+    [
+        (b'{"title": "\\ud800"}', "\\ud800"),
+        (b'{"a\\uDC00b": 1}', "\\uDC00"),  # in a key
+        (b'[1, ["x\\udbff"]]', "\\udbff"),  # a high surrogate at the end of a string
+        (b'["\\ud83d\\ud83d\\ude00"]', "\\ud83d"),  # two highs, then a low: the first is alone
+        (b'["\\ude00\\ud83d"]', "\\ude00"),  # low before high is no pair
+        (b'["\\\\\\ud800"]', "\\ud800"),  # an escaped backslash, then a real escape
+        (b'["\\\\ud83d\\ude00"]', "\\ude00"),  # the high is text (backslash escaped), not a pair
+    ],
+)
+def test_a_lone_surrogate_is_refused(body: bytes, escape: str) -> None:
+    """Given a lone surrogate escaped in a value or a key, parse_payload refuses it (not a 500)."""
+    with pytest.raises(PayloadNotJSON) as refused:
+        parse_payload(body, 1_000_000)
+    assert str(refused.value) == f"not I-JSON (RFC 7493): a string holds {escape}, a lone surrogate"
+
+
+@pytest.mark.parametrize(
+    ("body", "value"),
+    [
+        (b'["\\ud83d\\ude00"]', ["\U0001f600"]),  # a pair is one character
+        (b'["\\uDBFF\\uDFFF"]', ["\U0010ffff"]),
+        (b'["\\\\ud800"]', ["\\ud800"]),  # an escaped backslash, then text
+        (b'["\\\\\\\\ud800"]', ["\\\\ud800"]),
+    ],
+)
+def test_surrogate_pairs_and_look_alikes_are_accepted(body: bytes, value: Any) -> None:
+    """Given a surrogate pair, or text that only looks like an escape, the body parses."""
+    assert parse_payload(body, 1_000_000) == value
+
+
+PIECES = ["\\\\", "\\ud83d", "\\ude00", "\\uD800", "\\uDFFF", "\\u0041", "\\n", "u", "d8", "é"]
+
+
+@given(st.lists(st.lists(st.sampled_from(PIECES), max_size=8), min_size=1, max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_parse_refuses_exactly_the_bodies_with_a_lone_surrogate(strings: list[list[str]]) -> None:
+    """Given strings of escapes and text, as values and keys, parse_payload refuses a body
+    exactly when the parsed strings hold a surrogate (which only a lone escape leaves)."""
+    texts = ['"' + "".join(pieces) + '"' for pieces in strings]
+    body = ("[" + ",".join(texts) + ",{" + ",".join(f"{t}:0" for t in set(texts)) + "}]").encode()
+    parsed = json.loads(body)
+    lone = any(0xD800 <= ord(char) <= 0xDFFF for text in parsed[:-1] for char in text)
+    try:
+        assert parse_payload(body, 1_000_000) == parsed and not lone
+    except PayloadNotJSON:
+        assert lone
+
+
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [
+        ("tutorialId", "intro\n"),
+        ("idempotencyKey", "key-1\n"),
+        ("requestId", "req-1\n"),
+    ],
+)
+def test_patterns_end_where_the_string_ends(member: str, value: str) -> None:
+    """Given a value that matches but for a final newline, its pattern refuses it (ECMA-262 $)."""
+    payload = load(PAYLOADS / "preview_payload_minimal.json") | {member: value}
+    [problem] = validate_payload(payload)
+    assert problem.path == f"/{member}"
+    assert problem.message.startswith("must match the pattern ^")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "python"),
+    [
+        ("^[a-z]+$", "^[a-z]+\\Z"),
+        ("^[$]$", "^[$]\\Z"),  # in a class, $ is a character
+        ("^a\\$$", "^a\\$\\Z"),  # escaped, too
+        ("^[\\]$]x$", "^[\\]$]x\\Z"),  # an escaped ] does not end the class
+        ("^(a|b$)", "^(a|b\\Z)"),
+    ],
+)
+def test_ecma_dollar_becomes_the_end_of_the_string(pattern: str, python: str) -> None:
+    """Given a schema pattern, only its $ anchors outside classes become \\Z."""
+    assert ecma_regex(pattern).pattern == python

@@ -9,7 +9,7 @@ from werkzeug.wsgi import wrap_file
 
 from preview_worker import dead_letters, queueing
 from preview_worker.previews import ARTIFACT_POLICY, UnknownArtifact, open_artifact
-from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, parse_payload, validate_payload
+from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, first_problems, parse_payload
 from preview_worker.web.shared import answer, error_response, shared
 
 blueprint = Blueprint("preview", __name__)
@@ -40,10 +40,14 @@ def submit_job() -> Response:
         return error_response(413, "payload_too_large", str(error))
     except PayloadNotJSON as error:
         return error_response(400, "bad_json", f"the body is {error}")
-    problems = validate_payload(payload)
-    if problems:
-        details = [problem.as_dict() for problem in problems]
-        return error_response(422, "invalid_payload", "the payload is invalid", details=details)
+    found = first_problems(payload)
+    if not found.valid:
+        message = "the payload is invalid"
+        if found.more:
+            message += f": {found.total} problems, the first {len(found.problems)} listed"
+        return error_response(
+            422, "invalid_payload", message, details=found.as_dicts(), moreProblems=found.more
+        )
     if request.args.get("dryRun", "").lower() in ("1", "true"):
         queue = queueing.queue_name(settings, payload.get("priority", queueing.DEFAULT_PRIORITY))
         job_id = queueing.job_id_for(payload, settings.queue_name)

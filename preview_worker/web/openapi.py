@@ -67,6 +67,7 @@ def _components() -> dict[str, Any]:
                     "message": {"type": "string"},
                     "requestId": text,
                     "status": {"type": "string"},
+                    "moreProblems": {"type": "integer", "minimum": 0},
                     "details": {
                         "type": "array",
                         "items": {
