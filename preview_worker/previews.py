@@ -101,6 +101,7 @@ def limits_of(settings: Settings) -> Limits:
         seconds=settings.render_timeout,
         page_bytes=settings.max_page_bytes,
         highlight_seconds=settings.highlight_timeout,
+        highlight_total_seconds=10 * settings.highlight_timeout,
     )
 
 

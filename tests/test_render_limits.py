@@ -150,3 +150,19 @@ def test_the_readme_lists_exactly_the_allowed_languages() -> None:
     listed = listed.split(":", 1)[1].split(". A block")[0]
     names = {name.strip() for name in listed.replace("\n", " ").split(",")}
     assert names == set(highlight.ALLOWED_LANGUAGES)
+
+
+def test_a_render_spends_a_bounded_time_highlighting_all_its_blocks() -> None:
+    """Given 200 blocks that each lex slowly, highlighting stops for good at the render's total.
+
+    Without the total, each block would take its own full budget: 200 of them, minutes.
+    """
+    code = {"language": "c", "source": "\n" * 19_999}
+    slow = steps_payload(*[{"title": f"Step {n}", "code": code} for n in range(200)])
+    budget = Budget(Limits(highlight_seconds=0.2, highlight_total_seconds=0.5))
+    started = time.monotonic()
+    with limits.budgeted(budget):
+        page = render_files(render_input(slow))["index.html"].decode()
+    assert time.monotonic() - started < 0.5 + 5.0
+    assert budget.highlighting_left <= 0
+    assert page.count('<pre class="code" data-lang="c">') == 200

@@ -64,7 +64,8 @@ def _timed(
     tokens: Iterable[tuple[_TokenType, str]], budget: limits.Budget
 ) -> Iterator[tuple[_TokenType, str]]:
     """Pass tokens on until the block's budget is spent; the render's budget is checked too."""
-    give_up = time.monotonic() + budget.limits.highlight_seconds
+    seconds = min(budget.limits.highlight_seconds, budget.highlighting_left)
+    give_up = time.monotonic() + seconds
     for count, token in enumerate(tokens):
         if count % TOKENS_PER_CHECK == 0:
             budget.check()
@@ -75,11 +76,17 @@ def _timed(
 
 def _highlighted(source: str, lexer: Lexer) -> str:
     """Return the source highlighted, or escaped when highlighting it takes too long."""
+    budget = limits.current()
+    if budget.highlighting_left <= 0:
+        return html.escape(source, quote=False)  # this render spent its highlighting time
     output = io.StringIO()
+    started = time.monotonic()
     try:
-        _FORMATTER.format(_timed(lexer.get_tokens(source), limits.current()), output)
+        _FORMATTER.format(_timed(lexer.get_tokens(source), budget), output)
     except _TooSlowToHighlight:
         return html.escape(source, quote=False)
+    finally:
+        budget.highlighting_left -= time.monotonic() - started
     return output.getvalue()
 
 

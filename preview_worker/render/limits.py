@@ -15,6 +15,8 @@ from dataclasses import dataclass
 DEFAULT_SECONDS = 60.0  # a whole render, page and thumbnail
 DEFAULT_PAGE_BYTES = 16 * 1024 * 1024  # the largest HTML page; a full payload makes ~8 MiB
 DEFAULT_HIGHLIGHT_SECONDS = 1.0  # one code block, after which it is shown as plain text
+# All the blocks of one render together; past it, the remaining blocks are plain text.
+DEFAULT_HIGHLIGHT_TOTAL_SECONDS = 10.0
 
 
 class RenderLimitExceeded(Exception):
@@ -36,6 +38,7 @@ class Limits:
     seconds: float = DEFAULT_SECONDS
     page_bytes: int = DEFAULT_PAGE_BYTES
     highlight_seconds: float = DEFAULT_HIGHLIGHT_SECONDS
+    highlight_total_seconds: float = DEFAULT_HIGHLIGHT_TOTAL_SECONDS
 
 
 def _go_on() -> None:
@@ -50,6 +53,7 @@ class Budget:
         self.limits = limits
         self.deadline = time.monotonic() + limits.seconds
         self.spent = 0  # characters of the page committed so far
+        self.highlighting_left = limits.highlight_total_seconds  # seconds, for every block
         self.interrupt = interrupt
 
     def __repr__(self) -> str:
