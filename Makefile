@@ -39,6 +39,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/slow_clients.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -1,4 +1,4 @@
-"""Accepted jobs per second over HTTP against a real gunicorn, beside a raw enqueue loop.
+"""Accepted jobs per second over HTTP against the real server, beside a raw enqueue loop.
 
 The load generator runs on the same machine (threads with keep-alive connections), so its
 own cost is part of every figure, as it would be for any client on these 2 cores.
@@ -171,7 +171,7 @@ def found(pattern: str, text: str) -> re.Match[str]:
 
 
 def serve(url: str, data: str, port: int) -> subprocess.Popen[bytes]:
-    """Start `preview-worker serve` with 2 gunicorn workers and wait until it answers."""
+    """Start `preview-worker serve` with 2 server processes and wait until it answers."""
     environment = {**os.environ, "REDIS_URL": url, "DATA_DIR": data, "PREVIEW_API_TOKENS": TOKEN,
                    "PREVIEW_QUEUE_MAX": "1000000", "PREVIEW_LOG_LEVEL": "WARNING"}
     server = subprocess.Popen(

@@ -265,11 +265,20 @@ def health(settings: Settings) -> None:
 @cli.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address to serve on.")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
-              help="gunicorn worker processes.")
-@click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
+              help="Server processes (each runs Flask on 4 threads).")
+@click.option("--header-timeout", type=click.FloatRange(0, 60, min_open=True), default=10.0,
+              show_default=True, help="Seconds a client has to send a request's headers.")
+@click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=20.0,
+              show_default=True, help="Seconds a client has to send a request's body.")
+@click.option("--dev", is_flag=True, help="Flask's development server instead of granian.")
 @click.pass_obj
-def serve(settings: Settings, bind: str, workers: int, dev: bool) -> None:
-    """Serve the HTTP API: gunicorn in production, Flask's server only with --dev."""
+def serve(settings: Settings, bind: str, workers: int, header_timeout: float,
+          body_timeout: float, dev: bool) -> None:
+    """Serve the HTTP API: granian in production, Flask's server only with --dev.
+
+    A request is read in full, its headers and its body each within their time limit,
+    before it takes one of Flask's threads; a client that sends too slowly is cut off.
+    """
     from preview_worker.web.app import check_production, create_app
 
     try:
@@ -280,16 +289,16 @@ def serve(settings: Settings, bind: str, workers: int, dev: bool) -> None:
             return
     except SettingsError as error:
         raise ConfigError(str(error)) from None
-    from preview_worker.web.server import serve_with_gunicorn
+    from preview_worker.web.server import serve as serve_with_granian
 
-    serve_with_gunicorn(bind, workers)
+    serve_with_granian(bind, workers, header_timeout, body_timeout)
 
 
 @cli.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address of the API.")
 @click.pass_obj
 def run(settings: Settings, bind: str) -> None:
-    """Run the whole service: the API (gunicorn), a worker pool, and Redis if none is set."""
+    """Run the whole service: the API (granian), a worker pool, and Redis if none is set."""
     from preview_worker.supervisor import run_service
 
     try:

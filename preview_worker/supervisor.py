@@ -20,7 +20,7 @@ from preview_worker.embedded_redis import (
 from preview_worker.settings import Settings, SettingsError
 from preview_worker.worker import PoolOptions, WorkerPool
 
-API_STOP_TIMEOUT = 30  # seconds gunicorn may take to drain its requests on SIGTERM
+API_STOP_TIMEOUT = 30  # seconds the server may take to drain its requests on SIGTERM
 
 
 class ServiceError(RuntimeError):
@@ -101,7 +101,7 @@ def local_origins(bind: str) -> list[str]:
 
 
 def run_service(settings: Settings, bind: str) -> None:
-    """Run the whole service: the API (gunicorn), a worker pool, and Redis if none is set."""
+    """Run the whole service: the API (granian), a worker pool, and Redis if none is set."""
     if not port_is_free(bind):
         raise ServiceError(f"something already listens on {bind}: is the service running?")
     with service_redis(settings) as url:
@@ -121,5 +121,5 @@ def run_service(settings: Settings, bind: str) -> None:
         try:
             WorkerPool.for_settings(url, settings).run()
         finally:
-            api.terminate()  # gunicorn drains its requests on SIGTERM
+            api.terminate()  # the server drains its requests on SIGTERM
             api.wait(API_STOP_TIMEOUT)

@@ -54,8 +54,8 @@ class AliveMixin:
     name: str
     connection: redis.Redis
 
-    def start_alive_thread(self) -> threading.Event:
-        """Start refreshing this worker's liveness key; set the returned event to stop."""
+    def start_alive_thread(self) -> tuple[threading.Event, threading.Thread]:
+        """Start refreshing this worker's liveness key; set the event to stop, then join."""
         stop = threading.Event()
         key = keys.worker_alive_key(self.name)
 
@@ -66,19 +66,25 @@ class AliveMixin:
                 except redis.RedisError:
                     log.warning("could not refresh liveness of %s", self.name)
                 stop.wait(keys.WORKER_ALIVE_REFRESH)
-            self.connection.delete(key)
+            try:
+                self.connection.delete(key)
+            except redis.RedisError:
+                pass  # the key expires on its own within WORKER_ALIVE_TTL
 
-        threading.Thread(target=refresh, name="preview-alive", daemon=True).start()
-        return stop
+        thread = threading.Thread(target=refresh, name="preview-alive", daemon=True)
+        thread.start()
+        return stop, thread
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         """Run the worker loop with its liveness key kept fresh."""
-        stop = self.start_alive_thread()
+        stop, thread = self.start_alive_thread()
         try:
             result: bool = super().work(*args, **kwargs)  # type: ignore[misc]
             return result
         finally:
             stop.set()
+            # The thread still uses the worker's connection: done with it before we return.
+            thread.join(keys.WORKER_ALIVE_REFRESH + 5)
 
 
 class PreviewWorker(AliveMixin, SimpleWorker):

@@ -104,12 +104,17 @@ def answers(url: str) -> bool:
 
 @contextlib.contextmanager
 def serving(
-    environment: Mapping[str, str], workers: int, log: Path | None = None
+    environment: Mapping[str, str],
+    workers: int,
+    log: Path | None = None,
+    options: tuple[str, ...] = (),
 ) -> Iterator[str]:
-    """Run `preview-worker serve` (gunicorn) on a free port; yield its base URL, then stop it."""
+    """Run `preview-worker serve OPTIONS` on a free port; yield its base URL, then stop it."""
     port = free_port()
     server = launch(
-        ["serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)], environment, log
+        ["serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *options],
+        environment,
+        log,
     )
     base = f"http://127.0.0.1:{port}"
     try:

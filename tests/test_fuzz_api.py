@@ -1,4 +1,4 @@
-"""Fuzz the API served by a real gunicorn from its own OpenAPI description, with schemathesis."""
+"""Fuzz the API served by the real server from its own OpenAPI description, with schemathesis."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ anonymous = fuzz_schema(phases={"coverage": {"enabled": False}})
 
 @pytest.fixture(scope="module")
 def served_api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Give the base URL of `preview-worker serve` (gunicorn, 2 processes) with one token."""
+    """Give the base URL of `preview-worker serve` (2 processes) with one token."""
     environment = service_environment(
         redis_url, tmp_path_factory.mktemp("fuzz-data"), PREVIEW_API_TOKENS=TOKEN
     )

@@ -114,7 +114,7 @@ def assert_envelope(status: int, body: bytes, request_id: str | None) -> dict[st
 
 @contextlib.contextmanager
 def serving_on_port(environment: Mapping[str, str], log: Path) -> Iterator[int]:
-    """Run gunicorn (one process) with its output logged; yield its port for raw requests."""
+    """Run the server (one process) with its output logged; yield its port for raw requests."""
     with serving(environment, 1, log) as base:
         yield int(base.rpartition(":")[2])
 
@@ -257,7 +257,7 @@ def test_every_guarded_route_refuses_missing_and_wrong_tokens_and_changes_nothin
 
 
 def test_tokens_and_signing_key_never_reach_the_logs(tmp_path: Path, data_dir: Path) -> None:
-    """Given gunicorn and a worker logging at DEBUG, no token nor the signing key is logged."""
+    """Given the server and a worker logging at DEBUG, no token nor the signing key is logged."""
     log = tmp_path / "service.log"
     server = EmbeddedRedis().start()
     environment = service_environment(
@@ -296,7 +296,7 @@ def test_tokens_and_signing_key_never_reach_the_logs(tmp_path: Path, data_dir: P
             ]
             for method, target, body, expected in erring:
                 assert request(port, method, target, bearer(TOKENS[0]), body).status == expected
-            # A request line gunicorn cannot parse: it logs the line, query and all.
+            # A request line the server cannot parse: it may log the line, query and all.
             unparsable = f"/api/preview/dlq?token={TOKENS[0]}\x01"
             assert request(port, "GET", unparsable, bearer(TOKENS[0])).status == 400
             server.stop()  # from here on, every call that reaches Redis fails
@@ -567,7 +567,7 @@ def test_hostile_paths_get_a_4xx_envelope_and_nothing_outside_the_store(
         answered = [
             (method, target, request(port, method, target, sent)) for method, target in calls
         ]
-        # Past gunicorn's request-line limit, gunicorn itself refuses before the app.
+        # Past the server's request-target limit, the server refuses before the app.
         too_long = request(port, "GET", f"{ARTIFACTS}{'a' * 5000}/index.html")
     assert genuine.status == 200 and b"<h1" in genuine.body  # the signer and store are real
     bad = [

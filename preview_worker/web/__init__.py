@@ -4,5 +4,5 @@ shared.py   the parts every view uses and the answers they give (the error envel
 api.py      the /api/preview blueprint: thin views over the core
 dashboard.py  rq-dashboard at /rq, with its writes guarded
 app.py      create_app(): wires settings, Redis, the store, auth, errors and metrics
-server.py   gunicorn serving create_app()
+server.py   granian serving create_app(), each request read in full before Flask runs
 """

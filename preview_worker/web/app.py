@@ -191,7 +191,7 @@ def init_metrics(app: Flask) -> None:
     scraped = CollectorRegistry(auto_describe=True)
     scraped.register(QueueCollector(lambda: shared.connection, shared.settings))
     if app.config.get("METRICS_MULTIPROCESS"):
-        # Under gunicorn each process counts its requests into shared files (the folder in
+        # Under the server each process counts its requests into shared files (the folder in
         # PROMETHEUS_MULTIPROC_DIR); a scrape answered by any process adds them all up.
         from prometheus_client.multiprocess import MultiProcessCollector
 

@@ -1,30 +1,75 @@
-"""gunicorn serving the application, started from the command line."""
+"""Serving the application: granian reads every request in full, then Flask answers it.
+
+granian (Rust, hyper) owns the sockets: it reads a request's headers within a time limit,
+outside Python, and hands the request to ReadFirst, an ASGI application on each worker
+process's event loop. ReadFirst reads the body there, within its own time limit and the
+body size limit, and only then gives the complete request to Flask on one of a few Python
+threads. A client that sends slowly, or stops, costs a socket and a coroutine, never a
+thread: the threads only ever run complete requests.
+
+A response with a Content-Length (every JSON answer, every artifact) is produced whole on
+the thread and written out by the event loop, so a slow reader holds no thread either. A
+response without one is streamed: each chunk is pulled on a thread as it comes. That is
+why long-lived streams (a job's Server-Sent Events) belong here, as coroutines on the event
+loop reading Redis with redis.asyncio, rather than in Flask, where each would hold a thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import multiprocessing
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from flask import Flask
-from gunicorn.app.base import BaseApplication
-from gunicorn.glogging import Logger
+from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
+from granian.server.mp import MPServer, WorkerProcess
 
-from preview_worker.web.app import create_app
+from preview_worker.web.app import REQUEST_ID, create_app
 
 # prometheus_client's own switch for multiprocess metrics; its files live in this folder.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
+THREADS = 4  # Python threads per process that run Flask on complete requests
+STOP_TIMEOUT = 25  # seconds a stopping worker may take to finish its requests, then killed
+MAX_REQUEST_TARGET = 4094  # bytes of path and query; a longer one answers 414
+MAX_HEADER_TIMEOUT = 60.0  # granian takes at most 60 s (the defaults are the command's)
+CONNECTIONS = 2048  # connections each process holds open at once; more wait to be accepted
+SPOOL_BYTES = 64 * 1024  # a body larger than this waits for Flask in a temporary file
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# A proxy on this host that ends TLS says so in one of these headers (gunicorn's defaults).
+TRUSTED_PROXIES = {"127.0.0.1", "::1"}
+SECURE_SCHEME_HEADERS = {"x-forwarded-proto": "https", "x-forwarded-protocol": "ssl",
+                         "x-forwarded-ssl": "on"}
 
 # A query string up to the next space or quote: where a request line's secrets travel.
 QUERY = re.compile(r"\?[^\s'\"]*")
+# What may stand in a logged request target as it is; anything else is percent-encoded,
+# so a quote, a space or a control byte cannot forge or split a log line.
+LOGGABLE = re.compile(rb"[^\x21\x23-\x5b\x5d-\x7e]")
+
+access_log = logging.getLogger("preview_worker.access")
 
 
 class WithoutQueries(logging.Filter):
-    """Cuts query strings out of gunicorn's own messages, such as a bad request line."""
+    """Cuts query strings out of the server's own messages, such as a bad request line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record's message without queries; keep the record."""
@@ -33,68 +78,330 @@ class WithoutQueries(logging.Filter):
         return True
 
 
-class LogWithoutSecrets(Logger):  # type: ignore[misc]
-    """gunicorn's logger, whose lines leave out query strings and Basic-auth users."""
-
-    def __init__(self, cfg: Any) -> None:
-        """Set gunicorn's logger up, then filter the queries out of its error log."""
-        super().__init__(cfg)
-        # "Invalid request from ...: Invalid HTTP request line: 'GET /x?token=...'"
-        self.error_log.addFilter(WithoutQueries())
-
-    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> Any:
-        """Return gunicorn's atoms with the request line cut at '?' and no user name."""
-        atoms = super().atoms(resp, req, environ, request_time)
-        # The query may hold an artifact signature or a token a client put there; the raw,
-        # still percent-encoded path is kept, so a decoded newline cannot forge a line.
-        path = environ.get("RAW_URI", "").split("?", 1)[0]
-        atoms["r"] = f"{environ.get('REQUEST_METHOD')} {path} {environ.get('SERVER_PROTOCOL')}"
-        atoms["q"] = "-"
-        atoms["u"] = "-"  # gunicorn decodes Basic auth: `curl -u TOKEN:` would log the token
-        return atoms
+class Disconnected(Exception):
+    """The client went away before its request was complete."""
 
 
-class PreviewServer(BaseApplication):  # type: ignore[misc]
-    """A gunicorn application whose every worker process builds its own Flask app."""
+class Body:
+    """A request body as it is read: in memory up to SPOOL_BYTES, in a temporary file past."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-        super().__init__()
+    def __init__(self) -> None:
+        self.file = tempfile.SpooledTemporaryFile(SPOOL_BYTES)
+        self.size = 0
 
-    def load_config(self) -> None:
-        """Hand our options to gunicorn."""
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
+    def write(self, chunk: bytes) -> None:
+        """Add a chunk of the body."""
+        self.file.write(chunk)
+        self.size += len(chunk)
 
-    def load(self) -> Flask:
-        """Build the app in the worker process, with its own Redis connection."""
-        return create_app({"METRICS_MULTIPROCESS": True})
-
-
-def forget_worker(server: Any, worker: Any) -> None:
-    """Drop the live gauges of a gunicorn worker that exited."""
-    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
-
-    GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
+    def rewound(self) -> Body:
+        """Return the body ready to be read from its start."""
+        self.file.seek(0)
+        return self
 
 
-def serve_with_gunicorn(bind: str, workers: int) -> None:
-    """Serve until gunicorn is told to stop (SIGTERM drains in-flight requests)."""
+@dataclass
+class Answer:
+    """What Flask answered: status, headers, the body so far and, when streamed, the rest."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    rest: Iterator[bytes] | None = None
+    close: Callable[[], None] | None = None
+
+
+def logged_target(raw_path: bytes) -> str:
+    """Return a request's path for the access log: no query, nothing that breaks a line."""
+    return LOGGABLE.sub(lambda found: b"%%%02X" % found[0][0], raw_path).decode("ascii")
+
+
+def log_access(scope: Scope, status: int, size: int, headers: dict[str, str]) -> None:
+    """Write one access line, as gunicorn's, without the query, the user or the referer's query."""
+    client = (scope.get("client") or ("-", 0))[0]
+    when = time.strftime("[%d/%b/%Y:%H:%M:%S %z]")
+    line = (f"{scope.get('method', '-')} {logged_target(scope.get('raw_path') or b'')} "
+            f"HTTP/{scope.get('http_version', '1.1')}")
+    referer = QUERY.sub("", headers.get("referer", "-")).replace('"', "%22")
+    agent = headers.get("user-agent", "-").replace('"', "%22")
+    access_log.info('%s - - %s "%s" %d %s "%s" "%s"', client, when, line, status,
+                    size or "-", referer, agent)
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """Return a request's headers by lower-case name, repeated ones joined as WSGI joins them."""
+    joined: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", []):
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if name in joined:
+            value = joined[name] + ("; " if name == "cookie" else ",") + value
+        joined[name] = value
+    return joined
+
+
+def wsgi_environ(scope: Scope, headers: dict[str, str], body: Body) -> dict[str, Any]:
+    """Build the WSGI environ of a complete request whose body has been read."""
+    server = scope.get("server") or ("127.0.0.1", 0)
+    client = scope.get("client") or ("", 0)
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"").decode("latin-1")
+    target = raw_path.decode("latin-1") + (f"?{query}" if query else "")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": scope.get("root_path", "").encode().decode("latin-1"),
+        "PATH_INFO": scope["path"].encode().decode("latin-1"),
+        "QUERY_STRING": query,
+        "RAW_URI": target,
+        "REQUEST_URI": target,
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "REMOTE_ADDR": str(client[0]),
+        "REMOTE_PORT": str(client[1]),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": body.file,
+        "wsgi.input_terminated": True,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for name, value in headers.items():
+        if "_" in name:
+            continue  # X-Forwarded_For must not pass for X-Forwarded-For (gunicorn drops it too)
+        if name == "transfer-encoding":
+            continue  # the body is read and de-chunked: what Flask gets has a length
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = f"HTTP_{key}"
+        environ[key] = value
+    if str(client[0]) in TRUSTED_PROXIES and any(
+        headers.get(name) == value for name, value in SECURE_SCHEME_HEADERS.items()
+    ):
+        environ["wsgi.url_scheme"] = "https"  # a TLS proxy on this host, as gunicorn trusted
+    if "content-length" not in headers:
+        # A chunked body, read to its end here: its length is now known. Past the limit,
+        # the length says so and Flask answers 413 without reading it.
+        environ["CONTENT_LENGTH"] = str(body.size)
+    return environ
+
+
+def envelope(status: int, error: str, message: str, headers: dict[str, str]) -> Answer:
+    """Return the service's JSON error envelope for an answer given before Flask is asked."""
+    given = headers.get("x-request-id", "")
+    request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+    body = (f'{{"error": "{error}", "message": "{message}", '
+            f'"requestId": "{request_id}"}}').encode()
+    return Answer(status, [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+        (b"connection", b"close"),
+    ], body)
+
+
+def call_wsgi(app: WSGIApp, environ: dict[str, Any]) -> Answer:
+    """Run a WSGI application on a complete request (on a pool thread); return its answer."""
+    started: list[Any] = []
+    written: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info and started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        started[:] = [status, headers]
+        return written.append
+
+    result = app(environ, start_response)
+    close = getattr(result, "close", None)
+    streamed = False
+    try:
+        chunks = iter(result)
+        first = b"".join(written) + next(chunks, b"")
+        status, headers = started
+        code = int(status.split()[0])
+        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        if not any(name == b"content-length" for name, _ in raw):
+            streamed = True  # the event loop pulls the rest, then closes it
+            return Answer(code, raw, first, chunks, close)
+        # A body of known size: produce all of it here, so that no thread waits on the client.
+        return Answer(code, raw, first + b"".join(chunks))
+    finally:
+        if close is not None and not streamed:
+            close()
+
+
+class ReadFirst:
+    """ASGI application that reads a request in full, then runs a WSGI application on it."""
+
+    def __init__(self, app: WSGIApp, body_timeout: float, max_body: int,
+                 threads: int = THREADS) -> None:
+        self.app = app
+        self.body_timeout = body_timeout
+        self.max_body = max_body
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="flask")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one HTTP request; other kinds of scope (granian sends none) are ignored."""
+        if scope["type"] != "http":
+            return
+        headers = request_headers(scope)
+        try:
+            answer = await self.answer(scope, headers, receive)
+        except Disconnected:
+            return
+        await self.write(scope, headers, answer, send)
+
+    async def answer(self, scope: Scope, headers: dict[str, str], receive: Receive) -> Answer:
+        """Read the body within its time limit, then have the application answer."""
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+        if target > MAX_REQUEST_TARGET:
+            return envelope(414, "uri_too_long", "the request target is too long", headers)
+        try:
+            body = await asyncio.wait_for(self.read_body(headers, receive), self.body_timeout)
+        except asyncio.TimeoutError:
+            return envelope(408, "request_timeout",
+                            "the request body did not arrive in time", headers)
+        environ = wsgi_environ(scope, headers, body)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, call_wsgi, self.app, environ)
+        except Exception:  # Flask answers its own errors; this is the server's last resort
+            logging.getLogger(__name__).exception("the application failed")
+            return envelope(500, "internal_error", "something went wrong on our side", headers)
+        finally:
+            body.file.close()
+
+    async def read_body(self, headers: dict[str, str], receive: Receive) -> Body:
+        """Read a request's body up to one byte past the limit; past it, stop reading."""
+        body = Body()
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            return body  # Flask refuses it from its announced length, unread
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Disconnected
+                body.write(message.get("body", b""))
+                if body.size > self.max_body or not message.get("more_body", False):
+                    return body.rewound()
+        except BaseException:
+            body.file.close()
+            raise
+
+    async def write(self, scope: Scope, headers: dict[str, str], answer: Answer,
+                    send: Send) -> None:
+        """Send an answer, pulling a streamed body's chunks on a pool thread; log it."""
+        size = len(answer.body)
+        loop = asyncio.get_running_loop()
+        try:
+            await send({"type": "http.response.start", "status": answer.status,
+                        "headers": answer.headers})
+            streamed = answer.rest is not None
+            await send({"type": "http.response.body", "body": answer.body,
+                        "more_body": streamed})
+            while answer.rest is not None:
+                chunk = await loop.run_in_executor(self.pool, next, answer.rest, None)
+                if chunk is None:
+                    await send({"type": "http.response.body", "body": b""})
+                    break
+                if chunk:
+                    size += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception as error:  # the client went away, or a stream failed, mid-answer
+            logging.getLogger(__name__).debug("answer cut short: %r", error)
+        finally:
+            if answer.close is not None:
+                await loop.run_in_executor(self.pool, answer.close)
+            log_access(scope, answer.status, size, headers)
+
+
+def load_application(target: str, body_timeout: float) -> ReadFirst:
+    """Build the app in a worker process, with its own Redis connection, behind ReadFirst."""
+    del target  # granian passes its target's name; the application is always ours
+    app = create_app({"METRICS_MULTIPROCESS": True})
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.handlers[:] = [handler]
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False  # plain lines, not the JSON of the application's log
+    return ReadFirst(app.wsgi_app, body_timeout, int(app.config["MAX_CONTENT_LENGTH"]))
+
+
+def forget_worker(pid: int | None) -> None:
+    """Drop the live gauges of a worker process that exited."""
+    from prometheus_client import multiprocess  # imported already, by serve()
+
+    if pid is not None and os.environ.get(MULTIPROCESS_DIR):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class PreviewServer(MPServer):
+    """granian's process server, which forgets the metrics of every worker that exits."""
+
+    def _spawn_worker(self, *args: Any, **kwargs: Any) -> WorkerProcess:
+        worker: WorkerProcess = super()._spawn_worker(*args, **kwargs)
+        watch = worker._watcher  # joins the process, then tells the server it exited
+
+        def watch_then_forget() -> None:
+            try:
+                watch()  # type: ignore[no-untyped-call]
+            finally:
+                forget_worker(worker.inner.pid)
+
+        worker._watcher = watch_then_forget  # type: ignore[method-assign]
+        return worker
+
+
+def logging_config() -> dict[str, Any]:
+    """granian's own log lines, with the queries cut out, on standard error."""
+    no_queries = {"()": WithoutQueries}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"no_queries": no_queries},
+        "formatters": {"plain": {"format": "[%(asctime)s] [%(levelname)s] %(message)s"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
+                                 "filters": ["no_queries"], "stream": "ext://sys.stderr"}},
+        "loggers": {"_granian": {"handlers": ["console"], "level": "INFO",
+                                 "propagate": False}},
+    }
+
+
+def serve(bind: str, workers: int, header_timeout: float, body_timeout: float) -> None:
+    """Serve until told to stop (SIGTERM drains in-flight requests, within STOP_TIMEOUT)."""
+    if not 0 < header_timeout <= MAX_HEADER_TIMEOUT:
+        raise ValueError(f"the header timeout must be within 0 and {MAX_HEADER_TIMEOUT:.0f} s")
+    if body_timeout <= 0:
+        raise ValueError("the body timeout must be positive")
+    host, _, port = bind.rpartition(":")
     metrics_dir = tempfile.mkdtemp(prefix="preview-metrics-")
     os.environ[MULTIPROCESS_DIR] = metrics_dir  # read by prometheus_client in every worker
+    # Imported here, once the folder is set (prometheus_client reads it on import) and before
+    # any worker is forked: a fork while another thread imports it would leave the worker
+    # waiting for that import forever.
+    from prometheus_client import multiprocess  # noqa: F401
+
+    # Workers start as fresh interpreters: a worker forked while a thread of this process
+    # held a lock (a log handler's, an import's) would wait for it for ever, and a
+    # respawned worker then held SIGTERM up for the whole STOP_TIMEOUT.
+    multiprocessing.set_start_method("spawn", force=True)
     try:
         PreviewServer(
-            {
-                "bind": bind,
-                "workers": workers,
-                "worker_class": "gthread",
-                "threads": 4,
-                "timeout": 30,
-                "graceful_timeout": 20,
-                "accesslog": "-",
-                "logger_class": LogWithoutSecrets,
-                "child_exit": forget_worker,
-            }
-        ).run()
+            "preview_worker.web.server:load_application",
+            address=host.strip("[]") or "127.0.0.1",
+            port=int(port),
+            interface=Interfaces.ASGINL,
+            workers=workers,
+            backlog=CONNECTIONS,
+            backpressure=CONNECTIONS,
+            http=HTTPModes.http1,
+            websockets=False,
+            http1_settings=HTTP1Settings(header_read_timeout=int(header_timeout * 1000)),
+            log_dictconfig=logging_config(),
+            respawn_failed_workers=True,
+            workers_kill_timeout=STOP_TIMEOUT,
+        ).serve(target_loader=partial(load_application, body_timeout=body_timeout))
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
