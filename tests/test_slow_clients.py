@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.slow_clients import body_begun, headers_begun, one_byte, trickle
+
 from .conftest import payload, service_environment
 from .processes import serving
 
@@ -25,51 +27,12 @@ STALLED = 16  # connections of each kind; 8 were enough to deny the gthread serv
 HEALTH = "/api/preview/worker/health"
 
 
-def connect(port: int) -> socket.socket:
-    """Open a connection to the server."""
-    return socket.create_connection(("127.0.0.1", port), timeout=5)
-
-
-def one_byte(port: int) -> socket.socket:
-    """Open a connection that sends the first byte of a request line, then nothing."""
-    sock = connect(port)
-    sock.sendall(b"G")
-    return sock
-
-
-def trickled(port: int) -> socket.socket:
-    """Open a connection whose headers have begun; trickle() sends a byte more each second."""
-    sock = connect(port)
-    sock.sendall(f"GET {HEALTH} HTTP/1.1\r\nHost: slow\r\nX-Slow: ".encode())
-    return sock
-
-
-def unfinished_body(port: int) -> socket.socket:
-    """Open a submission that announces 1,000 bytes of body and sends 13 of them."""
-    sock = connect(port)
-    sock.sendall(
-        f"POST /api/preview/job HTTP/1.1\r\nHost: slow\r\nAuthorization: Bearer {TOKEN}\r\n"
-        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-        '{"tutorialId"'.encode()
-    )
-    return sock
-
-
+# The same stalled clients as the benchmark's, which holds more of them for longer.
 STALLERS: dict[str, Callable[[int], socket.socket]] = {
     "one byte": one_byte,
-    "trickled headers": trickled,
-    "unfinished body": unfinished_body,
+    "trickled headers": headers_begun,
+    "unfinished body": body_begun,
 }
-
-
-def trickle(sockets: list[socket.socket], stop: threading.Event) -> None:
-    """Send one more header byte a second on each socket, until stopped."""
-    while not stop.wait(1.0):
-        for sock in sockets:
-            try:
-                sock.sendall(b"a")
-            except OSError:
-                pass  # closed by the server: what the time limit is for
 
 
 @pytest.fixture
