@@ -20,8 +20,11 @@ MANIFEST = "manifest.json"
 CONTENT_TYPES = {name: content_type for name, content_type in render.ARTIFACTS.values()} | {
     MANIFEST: "application/json"
 }
-# Served artifacts keep the page's own policy, and may not be framed by anyone.
-ARTIFACT_POLICY = f"{CONTENT_SECURITY_POLICY}; script-src 'none'; frame-ancestors 'none'"
+
+
+def artifact_policy(frame_ancestors: str = "'none'") -> str:
+    """Return the CSP of a served artifact: the page's own, and who may frame it."""
+    return f"{CONTENT_SECURITY_POLICY}; script-src 'none'; frame-ancestors {frame_ancestors}"
 
 
 class UnknownArtifact(LookupError):

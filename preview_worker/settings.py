@@ -49,6 +49,9 @@ class Settings:
     # PREVIEW_ALLOWED_ORIGINS; comma-separated origins (https://ops.example.com) whose pages
     # may send the dashboard's writes; none: every dashboard write is refused
     allowed_origins: tuple[str, ...] = ()
+    # PREVIEW_FRAME_ANCESTORS; who may show artifacts in a frame: 'none', 'self' or origins
+    # separated by spaces (an editor's https://editor.example.com)
+    frame_ancestors: str = "'none'"
     retry_max: int = 3  # PREVIEW_RETRY_MAX; retries after the first attempt
     retry_base_delay: float = 2.0  # PREVIEW_RETRY_BASE_DELAY; seconds before the first retry
     retry_max_delay: float = 300.0  # PREVIEW_RETRY_MAX_DELAY; seconds, cap of any retry gap
@@ -162,6 +165,20 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _frame_ancestors(name: str, raw: str) -> str:
+    """Check a CSP frame-ancestors source list: 'none' alone, or 'self' and origins."""
+    sources = raw.split()
+    if sources == ["'none'"]:
+        return "'none'"
+    for source in sources:
+        if source != "'self'" and not ORIGIN_PATTERN.match(source.rstrip("/")):
+            raise SettingsError(
+                f"{name} holds {source!r}: give 'none', or 'self' and origins like "
+                "https://editor.example.com, separated by spaces"
+            )
+    return " ".join(source.rstrip("/") for source in sources)
+
+
 def redact_url(url: str) -> str:
     """Return a URL with any password replaced, safe for logs and health reports."""
     # The user info runs to the last '@', past any '/', '?' or '#' that a password holds
@@ -213,6 +230,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "PREVIEW_ALLOW_VOLATILE_REDIS", _flag, defaults.allow_volatile_redis
         ),
         allowed_origins=read("PREVIEW_ALLOWED_ORIGINS", _origins, defaults.allowed_origins),
+        frame_ancestors=read("PREVIEW_FRAME_ANCESTORS", _frame_ancestors, defaults.frame_ancestors),
         signing_key=read(
             "PREVIEW_SIGNING_KEY", lambda _name, raw: raw.strip(), defaults.signing_key
         ),

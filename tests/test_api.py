@@ -454,3 +454,49 @@ def test_an_invalid_payload_lists_its_first_hundred_problems(client: FlaskClient
     few = assert_envelope(client.post("/api/preview/job", json=payload(tutorialId="A")), 422,
                           "invalid_payload")
     assert few["moreProblems"] == 0 and len(few["details"]) == 1
+
+
+def test_every_content_type_names_its_charset_once(client: FlaskClient, app: Flask) -> None:
+    """Artifacts, Prometheus text and JSON answers carry one charset at most, as sent."""
+    shared = preview_of(app)
+    digest = "cd" * 32
+    shared.store.put(digest, {"index.html": b"<p>x</p>", "manifest.json": b"{}"})
+    with client.get(shared.signer.url(digest, "index.html")) as page:
+        assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    with client.get("/metrics") as scraped:
+        assert scraped.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
+    for path in ("/api/preview/metrics", "/api/preview/worker/health", "/api/preview/dlq"):
+        with client.get(path) as answer:
+            assert answer.headers["Content-Type"].count("charset") <= 1, path
+
+
+def test_the_payloads_request_id_correlates_when_no_header_does(
+    client: FlaskClient, app: Flask
+) -> None:
+    """Given requestId in the payload and no X-Request-ID, the payload's id is the request's."""
+    answer = client.post("/api/preview/job", json=payload(requestId="editor-42", revision=61))
+    assert answer.status_code == 202 and answer.headers["X-Request-ID"] == "editor-42"
+    status = queueing.job_status(preview_of(app).connection, answer.get_json()["jobId"])
+    assert status["requestId"] == "editor-42"
+    headed = client.post("/api/preview/job", json=payload(requestId="editor-43", revision=62),
+                         headers={"X-Request-ID": "header-wins"})
+    assert headed.headers["X-Request-ID"] == "header-wins"
+    invalid = client.post("/api/preview/job", json=payload(requestId="bad id", revision=63))
+    assert invalid.status_code == 422 and invalid.headers["X-Request-ID"] != "bad id"
+
+
+@pytest.mark.parametrize(
+    ("setting", "ancestors"),
+    [("", "'none'"), ("https://editor.example.com 'self'", "https://editor.example.com 'self'")],
+)
+def test_who_may_frame_an_artifact_is_a_setting(
+    make_app: AppMaker, setting: str, ancestors: str
+) -> None:
+    """Given PREVIEW_FRAME_ANCESTORS (none by default), the artifact's CSP lets those frame it."""
+    app = make_app(PREVIEW_FRAME_ANCESTORS=setting)
+    shared = preview_of(app)
+    shared.store.put("ef" * 32, {"index.html": b"<p>x</p>"})
+    with app.test_client().get(shared.signer.url("ef" * 32, "index.html")) as page:
+        policy = page.headers["Content-Security-Policy"]
+    assert policy.endswith(f"frame-ancestors {ancestors}")
+    assert "default-src 'none'" in policy and "script-src 'none'" in policy

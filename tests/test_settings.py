@@ -173,3 +173,12 @@ def test_what_holds_a_secret_never_prints_it(tmp_path: Path) -> None:
     for holder in (signer, parts, server):
         for shown in shown_forms(holder):
             assert not [secret for secret in SECRET_VALUES if secret in shown], shown
+
+
+@pytest.mark.parametrize(
+    "value", ["*", "https://editor.example.com/path", "'none' https://x.example", "javascript:"]
+)
+def test_a_bad_frame_ancestors_list_is_refused(value: str) -> None:
+    """PREVIEW_FRAME_ANCESTORS takes 'none' alone, or 'self' and origins."""
+    with pytest.raises(SettingsError, match="PREVIEW_FRAME_ANCESTORS"):
+        load_settings({"PREVIEW_FRAME_ANCESTORS": value})

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, g, request, url_for
 from werkzeug.wsgi import wrap_file
 
 from preview_worker import dead_letters, queueing
-from preview_worker.previews import ARTIFACT_POLICY, UnknownArtifact, open_artifact
+from preview_worker.previews import UnknownArtifact, artifact_policy, open_artifact
 from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, first_problems, parse_payload
 from preview_worker.web.shared import answer, error_response, shared
 
@@ -48,6 +48,9 @@ def submit_job() -> Response:
         return error_response(
             422, "invalid_payload", message, details=found.as_dicts(), moreProblems=found.more
         )
+    chosen = payload.get("requestId")
+    if "X-Request-ID" not in request.headers and isinstance(chosen, str):
+        g.request_id = chosen  # valid, so it matches REQUEST_ID: the payload's correlation id
     if request.args.get("dryRun", "").lower() in ("1", "true"):
         queue = queueing.queue_name(settings, payload.get("priority", queueing.DEFAULT_PRIORITY))
         job_id = queueing.job_id_for(payload, settings.queue_name)
@@ -140,12 +143,14 @@ def artifact(digest: str, name: str) -> Response:
         return error_response(404, "not_found", "no such artifact")
     # Streamed in blocks, never read whole; they never change under their hash: cache long.
     response = Response(
-        wrap_file(request.environ, stored.stream), mimetype=content_type, direct_passthrough=True
+        # content_type, not mimetype: werkzeug would add a second charset to text/html.
+        wrap_file(request.environ, stored.stream), content_type=content_type,
+        direct_passthrough=True,
     )
     response.content_length = stored.size
     response.headers["Cache-Control"] = "private, max-age=3600, immutable"
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Content-Security-Policy"] = ARTIFACT_POLICY
+    response.headers["Content-Security-Policy"] = artifact_policy(shared().settings.frame_ancestors)
     return response
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -25,13 +24,18 @@ from preview_worker.signing import API_PREFIX, signer_for
 from preview_worker.store import store_for
 from preview_worker.web.api import blueprint
 from preview_worker.web.dashboard import init_dashboard
-from preview_worker.web.shared import EXTENSION, Preview, error_response, preview_of
+from preview_worker.web.shared import (
+    EXTENSION,
+    REQUEST_ID,
+    Preview,
+    error_response,
+    preview_of,
+)
 
 log = logging.getLogger(__name__)
 
 # Our own names for a few of werkzeug's errors, so one fault has one code however it arises.
 ERROR_CODES = {413: "payload_too_large"}
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Artifacts carry a signature of their own instead of a token.
 SIGNED_ENDPOINTS = {"preview.artifact"}
 # Probes and scrapers, open without a token unless PREVIEW_OPEN_PROBES=false.
@@ -203,4 +207,5 @@ def init_metrics(app: Flask) -> None:
     @app.get("/metrics", endpoint="prometheus_metrics")
     @http.do_not_track()  # type: ignore[untyped-decorator]
     def prometheus_metrics() -> Response:
-        return Response(generate_latest(scraped), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: the constant has its charset already.
+        return Response(generate_latest(scraped), content_type=CONTENT_TYPE_LATEST)

@@ -36,7 +36,8 @@ from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 from granian.server.mp import MPServer, WorkerProcess
 
-from preview_worker.web.app import REQUEST_ID, create_app
+from preview_worker.web.app import create_app
+from preview_worker.web.shared import REQUEST_ID
 
 # prometheus_client's own switch for multiprocess metrics; its files live in this folder.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from preview_worker.signing import ArtifactSigner
 from preview_worker.store import ArtifactStore
 
 EXTENSION = "preview"  # the key of the shared parts in app.extensions
+# A request id a client may choose, in a header or the payload: the schema's own pattern.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 @dataclass
