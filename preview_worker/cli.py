@@ -174,7 +174,7 @@ def enqueue(settings: Settings, paths: tuple[str, ...], priority: str | None, wa
         payload = {**result.payload, "priority": priority} if priority else result.payload
         try:
             submission = queueing.submit(connection, settings, payload)
-        except queueing.QueueFull as error:
+        except (queueing.QueueFull, queueing.IdempotencyConflict) as error:
             raise click.ClickException(str(error)) from None
         submissions.append(submission)
         click.echo(f"{result.name}: {submission.job_id} {submission.status}"

@@ -41,6 +41,18 @@ class QueueFull(Exception):
         self.limit = limit
 
 
+class IdempotencyConflict(Exception):
+    """An idempotency key came back with other content than its job's: nothing was enqueued."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"idempotency key of job {job_id} was used for other content; "
+            "send new content under a new key"
+        )
+        self.job_id = job_id
+        self.status = status
+
+
 class JobNotFound(LookupError):
     """No job has this id (it never existed or its record expired)."""
 
@@ -95,9 +107,14 @@ def job_id_for(payload: dict[str, Any], namespace: str = "") -> str:
     if payload.get("idempotencyKey"):
         key = str(payload["idempotencyKey"])
     else:
-        content = {key: value for key, value in payload.items() if key not in DELIVERY_FIELDS}
-        key = "preview-" + hashlib.sha256(canonical_json(content)).hexdigest()[:40]
+        key = "preview-" + content_digest(payload)[:40]
     return f"{namespace}-{key}" if namespace else key
+
+
+def content_digest(payload: dict[str, Any]) -> str:
+    """Return the SHA-256 of what a payload asks for, leaving out how it is delivered."""
+    content = {key: value for key, value in payload.items() if key not in DELIVERY_FIELDS}
+    return hashlib.sha256(canonical_json(content)).hexdigest()
 
 
 def _count_queued(pipe: redis.client.Pipeline, settings: Settings) -> None:
@@ -137,7 +154,7 @@ def submit(
     status, queued = _look(connection, settings, job_id)
     existing = _fetch(connection, job_id) if status else None
     if existing is not None and existing.get_status() not in RESUBMITTABLE:
-        return _duplicate(connection, existing)
+        return _duplicate(connection, existing, payload)
     if queued >= settings.queue_max:
         record_outcome(connection, queue_name(settings, _priority(payload)), "rejected")
         raise QueueFull(queued, settings.queue_max)
@@ -159,8 +176,12 @@ def _fetch(connection: redis.Redis, job_id: str) -> Job | None:
         return None
 
 
-def _duplicate(connection: redis.Redis, job: Job) -> Submission:
-    """Answer a duplicate submission with the job that exists."""
+def _duplicate(connection: redis.Redis, job: Job, payload: dict[str, Any]) -> Submission:
+    """Answer a duplicate submission with the job that exists, or refuse other content."""
+    recorded = job.meta.get("contentDigest")  # None for jobs of an older release
+    if payload.get("idempotencyKey") and recorded not in (None, content_digest(payload)):
+        record_outcome(connection, job.origin, "rejected")
+        raise IdempotencyConflict(job.id, job.get_status().value)
     record_outcome(connection, job.origin, "duplicate")
     return Submission(job.id, job.get_status().value, job.origin, duplicate=True)
 
@@ -185,7 +206,7 @@ def _enqueue(
         existing = _fetch(connection, job_id)
         if existing is None:  # the other submission's job expired in between
             return _enqueue(connection, settings, payload, request_id, job_id, function)
-        return _duplicate(connection, existing)
+        return _duplicate(connection, existing, payload)
     except redis.ResponseError as error:
         if is_refusal(error):
             # Redis refused the job's writes: nothing was accepted, so nothing is tracked.
@@ -219,6 +240,7 @@ def _put_on_queue(
             "requestId": request_id or payload.get("requestId"),
             "priority": priority,
             "submittedAt": round(time.time(), 3),
+            "contentDigest": content_digest(payload),  # a reused key must bring the same
             "progress": {"stage": "queued", "percent": 0},
         },
         on_success=Callback(hooks.on_success),
@@ -240,7 +262,7 @@ def _resubmit(
     with lock:
         current = _fetch(connection, old.id)
         if current is not None and current.get_status() not in RESUBMITTABLE:
-            return _duplicate(connection, current)  # another submission won the lock first
+            return _duplicate(connection, current, payload)  # another won the lock first
         if current is not None:
             current.delete()
         return _enqueue(connection, settings, payload, request_id, old.id, function)

@@ -500,3 +500,21 @@ def test_who_may_frame_an_artifact_is_a_setting(
         policy = page.headers["Content-Security-Policy"]
     assert policy.endswith(f"frame-ancestors {ancestors}")
     assert "default-src 'none'" in policy and "script-src 'none'" in policy
+
+
+def test_an_idempotency_key_reused_for_other_content_is_a_conflict(
+    client: FlaskClient, app: Flask
+) -> None:
+    """Given a key's job, other content under the same key is a 409 naming it; the same is 200."""
+    first = client.post("/api/preview/job", json=payload(idempotencyKey="edit-7"))
+    assert first.status_code == 202
+    same = client.post("/api/preview/job", json=payload(idempotencyKey="edit-7", priority="high"))
+    assert same.status_code == 200 and same.get_json()["duplicate"] is True
+    edited = payload(idempotencyKey="edit-7")
+    edited["content"] = {**edited["content"], "title": "An edit that must not be lost"}
+    conflict = assert_envelope(client.post("/api/preview/job", json=edited), 409,
+                               "idempotency_conflict")
+    assert conflict["jobId"] == "edit-7"
+    assert queued(preview_of(app).connection, preview_of(app).settings) == 1
+    fresh = client.post("/api/preview/job", json={**edited, "idempotencyKey": "edit-8"})
+    assert fresh.status_code == 202

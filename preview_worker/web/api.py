@@ -57,6 +57,8 @@ def submit_job() -> Response:
         return answer({"valid": True, "jobId": job_id, "queue": queue})
     try:
         submission = queueing.submit(shared().connection, settings, payload, g.request_id)
+    except queueing.IdempotencyConflict as error:
+        return error_response(409, "idempotency_conflict", str(error), jobId=error.job_id)
     except queueing.QueueFull as error:
         response = error_response(503, "queue_full", str(error))
         response.headers["Retry-After"] = "30"

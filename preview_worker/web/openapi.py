@@ -68,6 +68,7 @@ def _components() -> dict[str, Any]:
                     "requestId": text,
                     "status": {"type": "string"},
                     "moreProblems": {"type": "integer", "minimum": 0},
+                    "jobId": {"type": "string"},
                     "details": {
                         "type": "array",
                         "items": {
@@ -191,6 +192,7 @@ def _paths() -> dict[str, Any]:
                     ),
                     "400": _error("not JSON"),
                     "413": _error("too large"),
+                    "409": _error("the idempotency key was used for other content"),
                     "415": _error("not application/json"),
                     "422": _error("invalid payload"),
                     **unauthorized,
