@@ -135,3 +135,16 @@ def test_a_file_with_many_problems_lists_the_first_hundred(
     document = json.loads(runner.invoke(cli, ["validate", "--json", str(many)]).output)
     assert len(document["results"][0]["problems"]) == 100
     assert document["results"][0]["moreProblems"] == 4_900
+
+
+def test_version_and_help_list_each_command_once(runner: CliRunner) -> None:
+    """--version names the release; --help lists run once, with dev kept as a hidden alias."""
+    from importlib.metadata import version
+
+    shown = runner.invoke(cli, ["--version"])
+    assert shown.exit_code == 0 and shown.output == f"preview-worker {version('preview-worker')}\n"
+    listed = runner.invoke(cli, ["--help"]).output
+    commands = [line.split()[0] for line in listed.split("Commands:")[1].splitlines() if line]
+    assert "run" in commands and "dev" not in commands
+    assert len(commands) == len(set(commands))
+    assert runner.invoke(cli, ["dev", "--help"]).exit_code == 0
