@@ -274,15 +274,20 @@ def is_favicon_404(error: str) -> bool:
 
 
 def test_dashboard_refuses_a_browser_without_the_token(browser: Browser, dashboard: str) -> None:
-    """Opening /rq/ without a bearer token gets 401 and none of the dashboard."""
+    """Opening /rq/ without the token gets 401 with a Basic challenge and none of the dashboard.
+
+    A headed browser would ask for a user and password; headless Chromium gives up instead.
+    """
     context = browser.new_context()
     try:
+        answer = context.request.get(dashboard + "/rq/")
+        assert answer.status == 401 and "unauthorized" in answer.text()
+        assert answer.headers["www-authenticate"].startswith('Basic realm="preview dashboard"')
+        assert "queues" not in answer.text()
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
-        response = page.goto(dashboard + "/rq/")
-        assert response is not None and response.status == 401
-        assert "unauthorized" in response.text()
-        expect(page.locator("table#queues")).to_have_count(0)
+        with pytest.raises(Error, match="ERR_INVALID_AUTH_CREDENTIALS"):
+            page.goto(dashboard + "/rq/")
     finally:
         context.close()
 
@@ -302,5 +307,30 @@ def test_dashboard_lists_the_three_queues(browser: Browser, dashboard: str) -> N
         watched.page.wait_for_load_state("networkidle")
         assert [error for error in watched.errors if not is_favicon_404(error)] == []
         assert all(url.startswith(dashboard + "/") for url in watched.requests), watched.requests
+    finally:
+        context.close()
+
+
+def test_a_browser_opens_the_dashboard_with_basic_auth(browser: Browser, dashboard: str) -> None:
+    """Given the token as a Basic password (any user), Chromium opens /rq/; a wrong one is
+    refused with the Basic challenge that makes a browser ask; the API stays bearer-only."""
+    wrong = browser.new_context(http_credentials={"username": "ops", "password": "not-a-token"})
+    try:
+        page = wrong.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        refused = page.goto(dashboard + "/rq/")
+        assert refused is not None and refused.status == 401
+        assert refused.headers["www-authenticate"].startswith("Basic")
+    finally:
+        wrong.close()
+    context = browser.new_context(http_credentials={"username": "ops", "password": TOKEN})
+    try:
+        watched = watch(context.new_page())
+        response = watched.page.goto(dashboard + "/rq/")
+        assert response is not None and response.status == 200
+        rows = watched.page.locator("table#queues tbody tr[data-role=queue]")
+        expect(rows).to_have_count(3)  # its script's own fetches passed with Basic too
+        api = watched.page.goto(dashboard + "/api/preview/dlq")
+        assert api is not None and api.status == 401  # Basic opens the dashboard only
     finally:
         context.close()

@@ -23,6 +23,7 @@ from preview_worker.settings import Settings, SettingsError, load_settings
 from preview_worker.signing import API_PREFIX, signer_for
 from preview_worker.store import store_for
 from preview_worker.web.api import blueprint
+from preview_worker.web.dashboard import PREFIX as DASHBOARD
 from preview_worker.web.dashboard import init_dashboard
 from preview_worker.web.shared import (
     EXTENSION,
@@ -110,23 +111,35 @@ def init_request_ids(app: Flask) -> None:
 
 
 def init_auth(app: Flask) -> None:
-    """Ask every call but the public ones for a bearer token from PREVIEW_API_TOKENS."""
+    """Ask every call but the public ones for a token from PREVIEW_API_TOKENS.
+
+    The API takes it as a bearer token only. The dashboard, opened in a browser, also takes
+    it as the password of HTTP Basic (any user name), so that the browser asks for it.
+    """
     settings = preview_of(app).settings
     tokens = [token.encode() for token in settings.api_tokens]
     public = SIGNED_ENDPOINTS | (PROBE_ENDPOINTS if settings.open_probes else set())
+
+    def is_token(presented: bytes) -> bool:
+        # Compare against every token, in constant time, so timing says nothing.
+        return any([hmac.compare_digest(presented, token) for token in tokens])
 
     @app.before_request
     def require_token() -> Response | None:
         if not tokens or request.endpoint in public:
             return None
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        presented = given.strip().encode()
-        # Compare against every token, in constant time, so timing says nothing.
-        matches = [hmac.compare_digest(presented, token) for token in tokens]
-        if scheme.lower() == "bearer" and any(matches):
+        if scheme.lower() == "bearer" and is_token(given.strip().encode()):
             return None
+        on_dashboard = request.path == DASHBOARD or request.path.startswith(DASHBOARD + "/")
+        if on_dashboard and request.authorization and request.authorization.type == "basic":
+            if is_token((request.authorization.password or "").encode()):
+                return None
         answer = error_response(401, "unauthorized", "a valid bearer token is required")
-        answer.headers["WWW-Authenticate"] = 'Bearer realm="preview"'
+        answer.headers["WWW-Authenticate"] = (
+            'Basic realm="preview dashboard", charset="UTF-8"' if on_dashboard
+            else 'Bearer realm="preview"'
+        )
         return answer
 
 
