@@ -280,8 +280,10 @@ def serve(settings: Settings, bind: str, workers: int, header_timeout: float,
     A request is read in full, its headers and its body each within their time limit,
     before it takes one of Flask's threads; a client that sends too slowly is cut off.
     """
+    from preview_worker.logs import configure_logging
     from preview_worker.web.app import check_production, create_app
 
+    configure_logging(settings.log_level)  # one format on the stream: JSON, like the server's
     try:
         check_production(settings)
         if dev:

@@ -34,8 +34,11 @@ class RequestIdFilter(logging.Filter):
     """Stamp each record with the request id and job id of the work it belongs to."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Add requestId and jobId from the running HTTP request or RQ job, if any."""
-        record.requestId, record.jobId = current_ids()
+        """Add requestId and jobId from the running HTTP request or RQ job, unless given."""
+        request_id, job_id = current_ids()
+        if getattr(record, "requestId", None) is None:
+            record.requestId = request_id  # a line logged outside the request names its own
+        record.jobId = job_id
         return True
 
 

@@ -359,3 +359,25 @@ def test_read_first_answers_500_when_the_application_raises() -> None:
                          [{"type": "http.request", "body": b""}])
     assert sent[0]["status"] == 500
     assert json.loads(sent[1]["body"])["error"] == "internal_error"
+
+
+def test_every_line_the_server_logs_is_json_and_access_lines_carry_the_request_id(
+    redis_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """Given requests with and without an id, each access line is JSON with that id; no line
+    of the server's stream is in another format."""
+    log = tmp_path / "serve.log"
+    environment = service_environment(redis_url, data_dir, PREVIEW_API_TOKENS=TOKEN)
+    with serving(environment, workers=1, log=log) as base:
+        assert call(base, "GET", "/api/preview/job/none", request_id="access-7")[0] == 404
+        assert call(base, "POST", "/api/preview/job", payload(revision=71))[0] == 202
+        time.sleep(0.5)  # the access lines are written after the answers
+    lines = [line for line in log.read_text("utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # fails on any line that is not JSON
+    access = [record for record in records if record["name"] == "preview_worker.access"]
+    assert {(r["method"], r["path"], r["status"]) for r in access} >= {
+        ("GET", "/api/preview/job/none", 404), ("POST", "/api/preview/job", 202)
+    }
+    mine = [r for r in access if r["path"] == "/api/preview/job/none"]
+    assert [r["requestId"] for r in mine] == ["access-7"]
+    assert all(r["requestId"] for r in access)

@@ -47,6 +47,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application: defaults, then the environment, then the test mapping."""
     config = dict(test_config or {})
     settings: Settings = config.pop("SETTINGS", None) or load_settings()
+    if not config.get("TESTING"):
+        configure_logging(settings.log_level)  # first, so that every line is JSON
     check_production(settings)
     app = Flask(__name__)
     # A '//' in a path answers 404, not an HTML redirect to wherever the merged path leads.
@@ -64,8 +66,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         store=store_for(settings),
         signer=signer_for(settings),
     )
-    if not app.config.get("TESTING"):
-        configure_logging(settings.log_level)
     init_request_ids(app)
     init_auth(app)
     init_errors(app)

@@ -36,6 +36,7 @@ from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 from granian.server.mp import MPServer, WorkerProcess
 
+from preview_worker.logs import FIELDS
 from preview_worker.web.app import create_app
 from preview_worker.web.shared import REQUEST_ID
 
@@ -117,16 +118,27 @@ def logged_target(raw_path: bytes) -> str:
     return LOGGABLE.sub(lambda found: b"%%%02X" % found[0][0], raw_path).decode("ascii")
 
 
-def log_access(scope: Scope, status: int, size: int, headers: dict[str, str]) -> None:
-    """Write one access line, as gunicorn's, without the query, the user or the referer's query."""
-    client = (scope.get("client") or ("-", 0))[0]
-    when = time.strftime("[%d/%b/%Y:%H:%M:%S %z]")
-    line = (f"{scope.get('method', '-')} {logged_target(scope.get('raw_path') or b'')} "
-            f"HTTP/{scope.get('http_version', '1.1')}")
-    referer = QUERY.sub("", headers.get("referer", "-")).replace('"', "%22")
-    agent = headers.get("user-agent", "-").replace('"', "%22")
-    access_log.info('%s - - %s "%s" %d %s "%s" "%s"', client, when, line, status,
-                    size or "-", referer, agent)
+def log_access(scope: Scope, answer: Answer, size: int, headers: dict[str, str],
+               started: float) -> None:
+    """Log one request as a JSON line like every other, with the request id it was answered
+    under, and without the query, the user or the referer's query."""
+    method, path = scope.get("method", "-"), logged_target(scope.get("raw_path") or b"")
+    request_id = next(
+        (value.decode("latin-1") for name, value in answer.headers if name == b"x-request-id"),
+        None,
+    )
+    access_log.info("%s %s %d", method, path, answer.status, extra={
+        "requestId": request_id,
+        "method": method,
+        "path": path,
+        "status": answer.status,
+        "bytes": size,
+        "durationMs": round((time.monotonic() - started) * 1000, 3),
+        "remoteAddr": (scope.get("client") or ("-", 0))[0],
+        "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
+        "referer": QUERY.sub("", headers.get("referer", "")) or None,
+        "userAgent": headers.get("user-agent"),
+    })
 
 
 def request_headers(scope: Scope) -> dict[str, str]:
@@ -247,11 +259,12 @@ class ReadFirst:
         if scope["type"] != "http":
             return
         headers = request_headers(scope)
+        started = time.monotonic()
         try:
             answer = await self.answer(scope, headers, receive)
         except Disconnected:
             return
-        await self.write(scope, headers, answer, send)
+        await self.write(scope, headers, answer, send, started)
 
     async def answer(self, scope: Scope, headers: dict[str, str], receive: Receive) -> Answer:
         """Read the body within its time limit, then have the application answer."""
@@ -292,7 +305,7 @@ class ReadFirst:
             raise
 
     async def write(self, scope: Scope, headers: dict[str, str], answer: Answer,
-                    send: Send) -> None:
+                    send: Send, started: float) -> None:
         """Send an answer, pulling a streamed body's chunks on a pool thread; log it."""
         size = len(answer.body)
         loop = asyncio.get_running_loop()
@@ -315,18 +328,14 @@ class ReadFirst:
         finally:
             if answer.close is not None:
                 await loop.run_in_executor(self.pool, answer.close)
-            log_access(scope, answer.status, size, headers)
+            log_access(scope, answer, size, headers, started)
 
 
 def load_application(target: str, body_timeout: float) -> ReadFirst:
     """Build the app in a worker process, with its own Redis connection, behind ReadFirst."""
     del target  # granian passes its target's name; the application is always ours
-    app = create_app({"METRICS_MULTIPROCESS": True})
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access_log.handlers[:] = [handler]
+    app = create_app({"METRICS_MULTIPROCESS": True})  # sets the JSON log up, for access too
     access_log.setLevel(logging.INFO)
-    access_log.propagate = False  # plain lines, not the JSON of the application's log
     return ReadFirst(app.wsgi_app, body_timeout, int(app.config["MAX_CONTENT_LENGTH"]))
 
 
@@ -356,14 +365,16 @@ class PreviewServer(MPServer):
 
 
 def logging_config() -> dict[str, Any]:
-    """granian's own log lines, with the queries cut out, on standard error."""
+    """granian's own log lines, with the queries cut out, on standard error, as JSON too."""
     no_queries = {"()": WithoutQueries}
+    as_json = {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": FIELDS,
+               "rename_fields": {"levelname": "level"}}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"no_queries": no_queries},
-        "formatters": {"plain": {"format": "[%(asctime)s] [%(levelname)s] %(message)s"}},
-        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
+        "formatters": {"json": as_json},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
                                  "filters": ["no_queries"], "stream": "ext://sys.stderr"}},
         "loggers": {"_granian": {"handlers": ["console"], "level": "INFO",
                                  "propagate": False}},
