@@ -49,7 +49,7 @@ class RecoveryReport:
         return {
             "requeued": self.requeued,
             "retried": self.retried,
-            "dead_lettered": self.dead_lettered,
+            "deadLettered": self.dead_lettered,
             "forgotten": self.forgotten,
         }
 

@@ -33,6 +33,10 @@ def service_redis(settings: Settings) -> Iterator[str]:
     if settings.redis_url:
         yield settings.redis_url
         return
+    if settings.production:
+        raise ServiceError(
+            "PREVIEW_ENV=production needs REDIS_URL: the embedded Redis is for development"
+        )
     url_file = development_url_file(settings.data_dir)
     running = running_development_url(settings.data_dir)
     if running and answers(running):

@@ -112,7 +112,7 @@ def test_enqueue_wait_and_the_dead_letter_commands(
     assert queueing.job_status(redis_client, bad)["status"] == "queued"
     report = runner.invoke(cli, ["recover"])
     assert report.exit_code == 0 and set(json.loads(report.output)) == {
-        "requeued", "retried", "dead_lettered", "forgotten"
+        "requeued", "retried", "deadLettered", "forgotten"
     }
 
 

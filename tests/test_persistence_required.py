@@ -44,3 +44,14 @@ def test_workers_refuse_a_volatile_redis_in_production(redis_url: str, data_dir:
     )
     assert done.returncode == 1
     assert "PREVIEW_ALLOW_VOLATILE_REDIS" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_production_never_starts_an_embedded_redis(data_dir: Path) -> None:
+    """Given production and no REDIS_URL, `preview-worker worker` stops with one line."""
+    environment = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(data_dir), **PRODUCTION}
+    done = subprocess.run(
+        [str(BIN / "preview-worker"), "worker", "--burst"], env=environment,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1 and "needs REDIS_URL" in done.stderr
+    assert "Traceback" not in done.stderr and not (data_dir / "redis").exists()

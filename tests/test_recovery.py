@@ -88,7 +88,7 @@ def test_job_of_a_live_worker_is_left_alone(redis_client: redis.Redis, job_id: s
     assert recovery.recover(redis_client).as_dict() == {
         "requeued": [],
         "retried": [],
-        "dead_lettered": [],
+        "deadLettered": [],
         "forgotten": [],
     }
     assert Job.fetch(job_id, connection=redis_client).get_status() == JobStatus.STARTED
