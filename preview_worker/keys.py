@@ -74,6 +74,7 @@ def worker_alive_key(name: str) -> str:
 
 # RQ's own records, read directly where RQ's calls would clean up or prune as they read.
 RQ_WORKER_PREFIX = BaseWorker.redis_worker_namespace_prefix
+RQ_QUEUES = Queue.redis_queues_keys  # the set of the queue keys RQ (and its dashboard) knows
 
 
 def job_key(job_id: str) -> str:

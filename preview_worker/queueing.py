@@ -99,6 +99,11 @@ def queues(connection: redis.Redis, settings: Settings) -> list[Queue]:
     return [Queue(name, connection=connection) for name in queue_names(settings)]
 
 
+def register_queues(connection: redis.Redis, settings: Settings) -> None:
+    """List our three queues where RQ lists queues, before any job: the dashboard shows them."""
+    connection.sadd(keys.RQ_QUEUES, *[keys.queue_key(name) for name in queue_names(settings)])
+
+
 def job_id_for(payload: dict[str, Any], namespace: str = "") -> str:
     """Return the job id: the idempotency key, else a digest of what the payload renders.
 

@@ -17,6 +17,7 @@ from preview_worker.embedded_redis import (
     development_url_file,
     running_development_url,
 )
+from preview_worker.queueing import register_queues
 from preview_worker.settings import Settings, SettingsError
 from preview_worker.worker import PoolOptions, WorkerPool
 
@@ -89,6 +90,7 @@ def run_workers(settings: Settings, options: PoolOptions) -> None:
         connection = check_redis(url)
         try:
             require_persistence(connection, settings)
+            register_queues(connection, settings)
         except SettingsError as error:
             raise ServiceError(str(error)) from None
         finally:

@@ -518,3 +518,18 @@ def test_an_idempotency_key_reused_for_other_content_is_a_conflict(
     assert queued(preview_of(app).connection, preview_of(app).settings) == 1
     fresh = client.post("/api/preview/job", json={**edited, "idempotencyKey": "edit-8"})
     assert fresh.status_code == 202
+
+
+def test_the_dashboard_knows_our_three_queues_before_any_job(
+    client: FlaskClient, app: Flask
+) -> None:
+    """Given an empty Redis, the dashboard lists high, normal and low; its Jobs tab opens on
+    normal, not on RQ's default; its icon is served to a browser without credentials."""
+    listed = client.get("/rq/0/data/queues.json").get_json()
+    assert sorted(queue["name"] for queue in listed["queues"]) == ["high", "low", "normal"]
+    jobs = client.get("/rq/0/view/jobs")
+    assert jobs.status_code == 302
+    assert jobs.headers["Location"].endswith("/rq/0/view/jobs/normal/queued/8/asc/1")
+    assert client.get(jobs.headers["Location"]).status_code == 200
+    with app.test_client().get("/static/favicon.ico") as icon:  # no token at all
+        assert icon.status_code == 200 and icon.data[:4] == b"\x00\x00\x01\x00"

@@ -41,6 +41,8 @@ ERROR_CODES = {413: "payload_too_large"}
 SIGNED_ENDPOINTS = {"preview.artifact"}
 # Probes and scrapers, open without a token unless PREVIEW_OPEN_PROBES=false.
 PROBE_ENDPOINTS = {"preview.health", "preview.queue_metrics", "prometheus_metrics"}
+# A package's own icon, which browsers fetch without credentials.
+OPEN_ENDPOINTS = {"dashboard_favicon"}
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -118,7 +120,8 @@ def init_auth(app: Flask) -> None:
     """
     settings = preview_of(app).settings
     tokens = [token.encode() for token in settings.api_tokens]
-    public = SIGNED_ENDPOINTS | (PROBE_ENDPOINTS if settings.open_probes else set())
+    probes = PROBE_ENDPOINTS if settings.open_probes else set()
+    public = SIGNED_ENDPOINTS | OPEN_ENDPOINTS | probes
 
     def is_token(presented: bytes) -> bool:
         # Compare against every token, in constant time, so timing says nothing.

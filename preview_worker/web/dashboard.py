@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from flask import Flask, Response, request
+import redis
+from flask import Flask, Response, redirect, request, send_from_directory
+from werkzeug.wrappers import Response as ResponseBase
 
-from preview_worker.queueing import queue_names
+from preview_worker.queueing import queue_names, register_queues
 from preview_worker.web.shared import error_response, preview_of
 
+log = logging.getLogger(__name__)
+
 PREFIX = "/rq"
+FAVICON = "/static/favicon.ico"  # where its pages link their icon: the app's static folder
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # rq-dashboard's requeue-all answers GET too: unsafe on any method.
 UNSAFE_ON_GET = re.compile(rf"^{PREFIX}/requeue/")
+# Its Jobs tab without a queue shows RQ's "default", which is not one of ours.
+JOBS_WITHOUT_QUEUE = re.compile(rf"^{PREFIX}/(\d+)/view/jobs/?$")
 # Its actions on one queue, by name: only our own queues are the dashboard's to touch.
 QUEUE_ACTION = re.compile(rf"^{PREFIX}/(?:queue|requeue)/([^/]+)")
 
@@ -37,14 +46,27 @@ def init_dashboard(app: Flask, redis_url: str) -> None:
     # Its routes without an instance number (favicon, static files, job and queue actions)
     # use a connection only this sets up; without it they crash as a process's first call.
     setup_rq_connection(app)
+    icons = Path(rq_dashboard.__file__).resolve().parent / "static"
+
+    @app.get(FAVICON, endpoint="dashboard_favicon")
+    def dashboard_favicon() -> Response:
+        return send_from_directory(icons, "favicon.ico", mimetype="image/vnd.microsoft.icon")
 
     settings = preview_of(app).settings
     ours = set(queue_names(settings))
+    first = queue_names(settings)[1]  # normal: where most jobs are
+    try:
+        register_queues(preview_of(app).connection, settings)
+    except redis.RedisError as error:  # the dashboard lists them once a job was queued
+        log.warning("could not list the queues for the dashboard: %s", error)
 
     @app.before_request
-    def guard_dashboard_writes() -> Response | None:
+    def guard_dashboard_writes() -> ResponseBase | None:
         if not request.path.startswith(PREFIX + "/"):
             return None
+        jobs = JOBS_WITHOUT_QUEUE.match(request.path)
+        if jobs and request.method in SAFE_METHODS:
+            return redirect(f"{PREFIX}/{jobs.group(1)}/view/jobs/{first}/queued/8/asc/1")
         action = QUEUE_ACTION.match(request.path)
         if action and action.group(1) not in ours:
             return error_response(404, "not_found", "no such queue")
