@@ -22,6 +22,7 @@ from preview_worker.payload_files import (
     read_payload_file,
 )
 from preview_worker.settings import Settings, SettingsError, load_settings
+from preview_worker.signing import link_artifacts, signer_for
 from preview_worker.supervisor import ServiceError, check_redis
 
 
@@ -170,13 +171,14 @@ def enqueue(settings: Settings, paths: tuple[str, ...], priority: str | None, wa
         print_results([result for result in results if not result.valid])
         sys.exit(exit_code_of(results))
     connection = connection_of(settings)
-    submissions = []
+    submissions: list[queueing.Submission] = []
     for result in results:
         payload = {**result.payload, "priority": priority} if priority else result.payload
         try:
             submission = queueing.submit(connection, settings, payload)
         except (queueing.QueueFull, queueing.IdempotencyConflict) as error:
-            raise click.ClickException(str(error)) from None
+            unsent = [each.name for each in results[len(submissions):]]
+            raise click.ClickException(f"{error}; not sent: {' '.join(unsent)}") from None
         submissions.append(submission)
         click.echo(f"{result.name}: {submission.job_id} {submission.status}"
                    f"{' (duplicate)' if submission.duplicate else ''} on {submission.queue}")
@@ -190,31 +192,39 @@ def enqueue(settings: Settings, paths: tuple[str, ...], priority: str | None, wa
 def wait_for_all(
     connection: redis.Redis, settings: Settings, job_ids: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """Show a progress bar until every job has ended; return their final statuses."""
+    """Show a progress bar until every job has ended; return their final statuses.
+
+    The bar moves with each job's own percent, so a single job fills it step by step.
+    """
     ended: dict[str, dict[str, Any]] = {}
-    with click.progressbar(length=len(job_ids), label="rendering", file=sys.stderr) as bar:
+    shown = 0
+    with click.progressbar(length=100 * len(job_ids), label="rendering", file=sys.stderr) as bar:
         while len(ended) < len(job_ids):
+            done = 0
             for job_id in job_ids:
                 status = ended.get(job_id) or queueing.job_status(connection, job_id)
-                if job_id not in ended and queueing.has_ended(status):
+                if queueing.has_ended(status):
                     ended[job_id] = status
-                    bar.update(1)
+                    done += 100
+                else:
+                    done += int((status.get("progress") or {}).get("percent", 0))
+            bar.update(done - shown)
+            shown = done
             time.sleep(0.2)
     return ended
 
 
 def print_summary(settings: Settings, statuses: dict[str, dict[str, Any]]) -> None:
     """Print how the jobs ended: counts, then each job's artifacts or why it failed."""
-    from preview_worker.signing import signer_for
-
     signer = signer_for(settings)
     counts = {"finished": 0, "dead-lettered": 0, "canceled": 0}
     for job_id, status in statuses.items():
         if status["status"] == "finished":
             counts["finished"] += 1
-            result = status["result"]
-            for artifact in result["artifacts"] if not result["dryRun"] else []:
-                click.echo(f"{job_id}: {signer.url(result['artifactHash'], artifact['name'])}")
+            link_artifacts(status, signer, settings.api_url)
+            for artifact in status["result"]["artifacts"]:
+                if "url" in artifact:
+                    click.echo(f"{job_id}: {artifact['url']}")
         else:
             counts["dead-lettered" if status["deadLettered"] else "canceled"] += 1
             error = status["error"] or {}
@@ -226,11 +236,13 @@ def print_summary(settings: Settings, statuses: dict[str, dict[str, Any]]) -> No
 @click.argument("job_id")
 @click.pass_obj
 def status(settings: Settings, job_id: str) -> None:
-    """Print a job's status as JSON; exit 1 when there is no such job."""
+    """Print a job's status as JSON, with its artifacts' URLs; exit 1 when there is none."""
     try:
-        echo_json(queueing.job_status(connection_of(settings), job_id))
+        found = queueing.job_status(connection_of(settings), job_id)
     except queueing.JobNotFound as error:
         raise click.ClickException(str(error)) from None
+    link_artifacts(found, signer_for(settings), settings.api_url)
+    echo_json(found)
 
 
 @cli.command()

@@ -52,6 +52,9 @@ class Settings:
     # PREVIEW_FRAME_ANCESTORS; who may show artifacts in a frame: 'none', 'self' or origins
     # separated by spaces (an editor's https://editor.example.com)
     frame_ancestors: str = "'none'"
+    # PREVIEW_API_URL; scheme and host where clients reach the API: the command line's
+    # artifact URLs start with it
+    api_url: str = "http://127.0.0.1:8000"
     retry_max: int = 3  # PREVIEW_RETRY_MAX; retries after the first attempt
     retry_base_delay: float = 2.0  # PREVIEW_RETRY_BASE_DELAY; seconds before the first retry
     retry_max_delay: float = 300.0  # PREVIEW_RETRY_MAX_DELAY; seconds, cap of any retry gap
@@ -165,6 +168,14 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _api_url(name: str, raw: str) -> str:
+    """Check the API's public origin: scheme and host, and a port if any."""
+    value = raw.strip().rstrip("/")
+    if not ORIGIN_PATTERN.match(value):
+        raise SettingsError(f"{name} must be like https://previews.example.com, got {raw!r}")
+    return value
+
+
 def _frame_ancestors(name: str, raw: str) -> str:
     """Check a CSP frame-ancestors source list: 'none' alone, or 'self' and origins."""
     sources = raw.split()
@@ -231,6 +242,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         allowed_origins=read("PREVIEW_ALLOWED_ORIGINS", _origins, defaults.allowed_origins),
         frame_ancestors=read("PREVIEW_FRAME_ANCESTORS", _frame_ancestors, defaults.frame_ancestors),
+        api_url=read("PREVIEW_API_URL", _api_url, defaults.api_url),
         signing_key=read(
             "PREVIEW_SIGNING_KEY", lambda _name, raw: raw.strip(), defaults.signing_key
         ),

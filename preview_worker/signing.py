@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -41,6 +42,14 @@ class ArtifactSigner:
         except BadSignature:  # altered, for another key, or expired (SignatureExpired)
             return False
         return bool(granted == f"{digest}/{name}")
+
+
+def link_artifacts(status: dict[str, Any], signer: ArtifactSigner, base: str = "") -> None:
+    """Add the signed URL of each artifact to a finished job's status (base: scheme and host)."""
+    result = status.get("result")
+    if isinstance(result, dict) and not result.get("dryRun"):
+        for artifact in result.get("artifacts", []):
+            artifact["url"] = base + signer.url(result["artifactHash"], artifact["name"])
 
 
 def signer_for(settings: Settings) -> ArtifactSigner:

@@ -95,12 +95,21 @@ def test_enqueue_wait_and_the_dead_letter_commands(
     bad = queueing.submit(redis_client, settings, rejected).job_id  # the worker refuses it
     worker = start_worker(service, "--concurrency", "1")
     try:
-        done = runner.invoke(cli, ["enqueue", "--wait", FULL])
+        done = runner.invoke(cli, ["enqueue", "--wait", FULL],
+                             env={"PREVIEW_API_URL": "https://previews.example.com"})
         assert done.exit_code == 0, done.output
         lines = done.stdout.splitlines()
         assert lines[-1] == "1 finished, 0 dead-lettered, 0 canceled"
-        assert sum("/api/preview/artifacts/" in line for line in lines) == 2
+        links = [line.split(": ", 1)[1] for line in lines if "/artifacts/" in line]
+        assert len(links) == 2
+        assert all(link.startswith("https://previews.example.com/api/preview/artifacts/")
+                   for link in links)
         assert "rendering" in done.stderr  # the progress bar
+        job_id = lines[0].split(": ", 1)[1].split()[0]
+        shown = json.loads(runner.invoke(cli, ["status", job_id]).output)
+        urls = [artifact["url"] for artifact in shown["result"]["artifacts"]]
+        assert len(urls) == 2 and all(url.startswith("http://127.0.0.1:8000/api/preview/")
+                                      for url in urls)
     finally:
         stop(worker)
     [letter] = json.loads(runner.invoke(cli, ["dlq", "list"]).output)
@@ -136,3 +145,17 @@ def test_health_command_exits_1_without_workers_and_0_with_one(
     finally:
         stop(worker)
     assert json.loads(runner.invoke(cli, ["health"]).output)["ok"] is False
+
+
+def test_a_full_queue_stops_enqueue_naming_the_files_not_sent(
+    runner: CliRunner, service: dict[str, str], tmp_path: Path
+) -> None:
+    """Given room for one job, enqueueing three files says which two were not sent."""
+    names = []
+    for number in range(3):
+        path = tmp_path / f"edit-{number}.json"
+        path.write_text(json.dumps({**json.loads(Path(MINIMAL).read_text()), "revision": number}))
+        names.append(str(path))
+    stopped = runner.invoke(cli, ["enqueue", *names], env={"PREVIEW_QUEUE_MAX": "1"})
+    assert stopped.exit_code == 1
+    assert f"not sent: {names[1]} {names[2]}" in stopped.output

@@ -10,6 +10,7 @@ from werkzeug.wsgi import wrap_file
 from preview_worker import dead_letters, queueing
 from preview_worker.previews import UnknownArtifact, artifact_policy, open_artifact
 from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, first_problems, parse_payload
+from preview_worker.signing import link_artifacts
 from preview_worker.web.shared import answer, error_response, shared
 
 blueprint = Blueprint("preview", __name__)
@@ -72,10 +73,7 @@ def submit_job() -> Response:
 def job_status(job_id: str) -> Response:
     """Answer a job's status, with signed URLs of its artifacts once it finished."""
     status = queueing.job_status(shared().connection, checked_job_id(job_id))
-    result = status.get("result")
-    if isinstance(result, dict) and not result.get("dryRun"):
-        for artifact in result.get("artifacts", []):
-            artifact["url"] = shared().signer.url(result["artifactHash"], artifact["name"])
+    link_artifacts(status, shared().signer)
     return answer(status)
 
 
