@@ -264,6 +264,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
 
 
+def load_body_limit(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read only what offline validation needs, the body limit; the rest keep their defaults."""
+    env = os.environ if environ is None else environ
+    raw = env.get("PREVIEW_MAX_BODY_BYTES", "")
+    if not raw.strip():
+        return Settings()
+    return Settings(max_body_bytes=_integer("PREVIEW_MAX_BODY_BYTES", raw, 1024))
+
+
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Return the process's settings, read from the environment on first use."""

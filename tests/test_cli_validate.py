@@ -148,3 +148,13 @@ def test_version_and_help_list_each_command_once(runner: CliRunner) -> None:
     assert "run" in commands and "dev" not in commands
     assert len(commands) == len(set(commands))
     assert runner.invoke(cli, ["dev", "--help"]).exit_code == 0
+
+
+def test_offline_validation_ignores_settings_it_does_not_use(runner: CliRunner) -> None:
+    """Given a bad REDIS_URL, `validate` still validates; a bad body limit still stops it."""
+    unrelated = runner.invoke(cli, ["validate", MINIMAL], env={"REDIS_URL": "notaurl"})
+    assert unrelated.exit_code == 0 and unrelated.output == f"{MINIMAL}: valid\n"
+    limit = runner.invoke(cli, ["validate", MINIMAL], env={"PREVIEW_MAX_BODY_BYTES": "abc"})
+    assert limit.exit_code == 2 and "PREVIEW_MAX_BODY_BYTES" in limit.output
+    enqueue = runner.invoke(cli, ["enqueue", MINIMAL], env={"REDIS_URL": "notaurl"})
+    assert enqueue.exit_code == 2 and "REDIS_URL" in enqueue.output

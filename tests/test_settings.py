@@ -118,8 +118,7 @@ def test_command_stops_with_one_line_and_no_traceback(name: str, value: str) -> 
     """Given a bad setting, the command exits 2 with one stderr line naming it and no traceback."""
     env = {**os.environ, name: value}
     done = subprocess.run(
-        [sys.executable, "-m", "preview_worker", "validate", "-"],
-        input="{}",
+        [sys.executable, "-m", "preview_worker", "health"],
         env=env,
         capture_output=True,
         text=True,
