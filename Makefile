@@ -19,8 +19,9 @@ $(INSTALLED): setup.cfg pyproject.toml
 install: $(INSTALLED)
 
 # The API, workers on high, normal and low, and an embedded Redis when REDIS_URL is unset.
+# `make run BIND=0.0.0.0:9000` chooses the address (or PREVIEW_BIND).
 run: $(INSTALLED)
-	$(BIN)/preview-worker run
+	$(BIN)/preview-worker run $(if $(BIND),--bind $(BIND))
 
 # The tests start their own private redis-server (see tests/conftest.py).
 test: $(INSTALLED)

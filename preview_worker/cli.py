@@ -281,7 +281,7 @@ def health(settings: Settings) -> None:
 
 
 @cli.command()
-@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address to serve on.")
+@click.option("--bind", help="host:port to serve on [PREVIEW_BIND, 127.0.0.1:8000].")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
               help="Server processes (each runs Flask on 4 threads).")
 @click.option("--header-timeout", type=click.FloatRange(0, 60, min_open=True), default=10.0,
@@ -290,7 +290,7 @@ def health(settings: Settings) -> None:
               show_default=True, help="Seconds a client has to send a request's body.")
 @click.option("--dev", is_flag=True, help="Flask's development server instead of granian.")
 @click.pass_obj
-def serve(settings: Settings, bind: str, workers: int, header_timeout: float,
+def serve(settings: Settings, bind: str | None, workers: int, header_timeout: float,
           body_timeout: float, dev: bool) -> None:
     """Serve the HTTP API: granian in production, Flask's server only with --dev.
 
@@ -301,6 +301,7 @@ def serve(settings: Settings, bind: str, workers: int, header_timeout: float,
     from preview_worker.web.app import check_production, create_app
 
     configure_logging(settings.log_level)  # one format on the stream: JSON, like the server's
+    bind = bind or settings.bind
     try:
         check_production(settings)
         if dev:
@@ -315,14 +316,17 @@ def serve(settings: Settings, bind: str, workers: int, header_timeout: float,
 
 
 @cli.command()
-@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address of the API.")
+@click.option("--bind", help="host:port of the API [PREVIEW_BIND, 127.0.0.1:8000].")
 @click.pass_obj
-def run(settings: Settings, bind: str) -> None:
-    """Run the whole service: the API (granian), a worker pool, and Redis if none is set."""
+def run(settings: Settings, bind: str | None) -> None:
+    """Run the whole service: the API (granian), a worker pool, and Redis if none is set.
+
+    Ctrl-C stops it in order: the API, then the workers once their jobs end, Redis last.
+    """
     from preview_worker.supervisor import run_service
 
     try:
-        run_service(settings, bind)
+        run_service(settings, bind or settings.bind)
     except ServiceError as error:
         raise click.ClickException(str(error)) from None
 

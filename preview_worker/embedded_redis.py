@@ -87,6 +87,8 @@ class EmbeddedRedis:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 stdin=subprocess.DEVNULL,
+                # Out of the terminal's process group: a Ctrl-C stops it last, not first.
+                start_new_session=True,
             )
             if self._wait_until_ready():
                 return self

@@ -55,6 +55,7 @@ class Settings:
     # PREVIEW_API_URL; scheme and host where clients reach the API: the command line's
     # artifact URLs start with it
     api_url: str = "http://127.0.0.1:8000"
+    bind: str = "127.0.0.1:8000"  # PREVIEW_BIND; host:port `serve` and `run` listen on
     retry_max: int = 3  # PREVIEW_RETRY_MAX; retries after the first attempt
     retry_base_delay: float = 2.0  # PREVIEW_RETRY_BASE_DELAY; seconds before the first retry
     retry_max_delay: float = 300.0  # PREVIEW_RETRY_MAX_DELAY; seconds, cap of any retry gap
@@ -168,6 +169,15 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _bind(name: str, raw: str) -> str:
+    """Check a listening address: host:port, the host a name, an IPv4 or a bracketed IPv6."""
+    value = raw.strip()
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{name} must be host:port, like 127.0.0.1:8000, got {raw!r}")
+    return value
+
+
 def _api_url(name: str, raw: str) -> str:
     """Check the API's public origin: scheme and host, and a port if any."""
     value = raw.strip().rstrip("/")
@@ -243,6 +253,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         allowed_origins=read("PREVIEW_ALLOWED_ORIGINS", _origins, defaults.allowed_origins),
         frame_ancestors=read("PREVIEW_FRAME_ANCESTORS", _frame_ancestors, defaults.frame_ancestors),
         api_url=read("PREVIEW_API_URL", _api_url, defaults.api_url),
+        bind=read("PREVIEW_BIND", _bind, defaults.bind),
         signing_key=read(
             "PREVIEW_SIGNING_KEY", lambda _name, raw: raw.strip(), defaults.signing_key
         ),

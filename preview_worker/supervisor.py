@@ -117,6 +117,7 @@ def run_service(settings: Settings, bind: str) -> None:
         api = subprocess.Popen(
             [sys.executable, "-m", "preview_worker", "serve", "--bind", bind],
             env=environment,
+            start_new_session=True,  # Ctrl-C reaches run alone, which stops all in order
         )
         base = f"http://{bind}"
         print(f"API        {base}/api/preview/job\n"
@@ -124,8 +125,42 @@ def run_service(settings: Settings, bind: str) -> None:
               f"metrics    {base}/metrics\n"
               f"health     {base}/api/preview/worker/health\n"
               "Ctrl-C stops it all.", flush=True)
+        died: list[int] = []  # the exit code of an API that stopped without being asked
+
+        def api_gone() -> str | None:
+            if api.poll() is None:
+                return None
+            died.append(api.returncode)
+            return f"the API exited with {api.returncode}"
+
+        pool = WorkerPool.for_settings(url, settings)
+        pool.on_stop = lambda: stop_api(api)
+        pool.stop_when = api_gone
         try:
-            WorkerPool.for_settings(url, settings).run()
+            pool.run()
         finally:
-            api.terminate()  # the server drains its requests on SIGTERM
-            api.wait(API_STOP_TIMEOUT)
+            stop_api(api)
+            say("the workers are stopped; stopping Redis" if not settings.redis_url else
+                "the workers are stopped")
+    say("stopped")
+    if died:
+        raise ServiceError(f"the API exited with {died[0]}; everything else was stopped")
+
+
+def say(line: str) -> None:
+    """Tell the person at the terminal what run is doing."""
+    print(f"preview-worker run: {line}", flush=True)
+
+
+def stop_api(api: subprocess.Popen[bytes]) -> None:
+    """Stop the API first, letting it answer the requests it holds (SIGTERM drains them)."""
+    if api.poll() is not None:
+        return
+    say("stopping the API")
+    api.terminate()
+    try:
+        api.wait(API_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        api.kill()
+        api.wait()
+    say("the API is stopped; the workers finish their jobs")

@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -87,7 +88,23 @@ class AliveMixin:
             thread.join(keys.WORKER_ALIVE_REFRESH + 5)
 
 
-class PreviewWorker(AliveMixin, SimpleWorker):
+class PoolSignalsMixin:
+    """Stop on the pool's SIGTERM alone: a terminal's Ctrl-C reaches every process of the
+    group, and RQ would take it, with the pool's SIGTERM after it, as a second signal: a
+    cold stop, a traceback, a worker left registered. The pool turns Ctrl-C into SIGTERM."""
+
+    def _install_signal_handlers(self) -> None:
+        """Install RQ's handlers, then ignore SIGINT."""
+        super()._install_signal_handlers()  # type: ignore[misc]
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def handle_warm_shutdown_request(self) -> None:
+        """Drain as RQ does, still deaf to SIGINT (RQ armed it for a cold stop just before)."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        super().handle_warm_shutdown_request()  # type: ignore[misc]
+
+
+class PreviewWorker(PoolSignalsMixin, AliveMixin, SimpleWorker):
     """Runs jobs in its own process: no fork per job; stop requests are cooperative."""
 
     def kill_horse(self, sig: signal.Signals = signal.SIGTERM) -> None:
@@ -103,7 +120,7 @@ class PreviewWorker(AliveMixin, SimpleWorker):
             progress.request_stop(None)
 
 
-class ForkingPreviewWorker(Worker):
+class ForkingPreviewWorker(PoolSignalsMixin, Worker):
     """Forks a work horse per job, like a stock `rq worker`.
 
     It keeps no liveness key: its horse runs in a process group of its own and can outlive
@@ -167,6 +184,10 @@ class WorkerPool:
     started: dict[int, float] = field(default_factory=dict)  # slot -> monotonic start
     quick_exits: dict[int, int] = field(default_factory=dict)  # slot -> quick exits in a row
     restarts: dict[int, float] = field(default_factory=dict)  # slot -> monotonic restart time
+    # Told first when the pool is asked to stop (run stops the API before the workers drain).
+    on_stop: Callable[[], None] | None = None
+    # Asked on every turn; a reason to stop (the API of run exited) stops the pool.
+    stop_when: Callable[[], str | None] | None = None
 
     @classmethod
     def for_settings(
@@ -199,6 +220,8 @@ class WorkerPool:
         if self.stopping:
             return
         self.stopping = True
+        if self.on_stop is not None:
+            self.on_stop()
         log.info("draining %d workers", len(self.processes))
         for process in self.processes.values():
             if process.pid and process.is_alive():
@@ -221,6 +244,10 @@ class WorkerPool:
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
             self.reap(connection)
             self.restart_due()
+            reason = None if self.stopping or self.stop_when is None else self.stop_when()
+            if reason:
+                log.warning("%s: stopping the workers", reason)
+                self.request_stop(signal.SIGTERM, None)
             # Wake as soon as a worker exits, or every half second for recovery and restarts.
             sentinels = [process.sentinel for process in self.processes.values()]
             if sentinels:
