@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -110,23 +109,25 @@ def echo_json(value: Any) -> None:
 @cli.command()
 @click.argument("path")
 @click.option(
-    "--out", type=click.Path(file_okay=False), help="Store to render into [DATA_DIR]."
+    "--out", type=click.Path(file_okay=False),
+    help="Folder to write the files into, as they are [the store under DATA_DIR].",
 )
 @click.pass_obj
 def render(settings: Settings, path: str, out: str | None) -> None:
-    """Render one payload file (or '-') into the artifact store, with no Redis.
+    """Render one payload file (or '-') into a folder, or the artifact store, with no Redis.
 
     Exits 0 when rendered, 1 when the payload is invalid, 2 when it cannot be read.
     """
     from preview_worker.previews import build_preview
-    from preview_worker.store import FileStore, StorageError
+    from preview_worker.store import DirectoryStore, FileStore, StorageError
 
     result = read_payload_file(path, settings)
     if not result.valid:
         print_results([result])
         sys.exit(exit_code_of([result]))
     try:
-        stored = build_preview(FileStore(Path(out) if out else settings.data_dir), result.payload)
+        store = DirectoryStore(out) if out else FileStore(settings.data_dir)
+        stored = build_preview(store, result.payload)
     except StorageError as error:
         raise click.ClickException(str(error)) from None
     where = "dry run, nothing written" if stored.location is None else stored.location

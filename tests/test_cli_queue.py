@@ -30,17 +30,27 @@ def service(redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
     return environment
 
 
-def test_render_writes_artifacts_without_redis(runner: CliRunner, tmp_path: Path) -> None:
-    """Given no Redis, `render` writes the three artifacts, and a second render reports cached."""
-    result = runner.invoke(cli, ["render", FULL, "--out", str(tmp_path)])
+def test_render_writes_artifacts_without_redis(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given no Redis, `render --out DIR` writes the three files into DIR itself; without
+    --out they go to the store, where a second render is cached."""
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["render", FULL, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    directory = Path(result.output.splitlines()[0].split(": ", 1)[1])
-    assert directory.is_relative_to(tmp_path / "previews")
-    assert sorted(path.name for path in directory.iterdir()) == [
+    assert result.output.splitlines()[0] == f"{FULL}: {out}"
+    assert sorted(path.name for path in out.iterdir()) == [
         "index.html", "manifest.json", "thumbnail.png"
     ]
-    again = runner.invoke(cli, ["render", FULL, "--out", str(tmp_path)])
-    assert "(cached)" in again.output.splitlines()[0]
+    again = runner.invoke(cli, ["render", FULL, "--out", str(out)])
+    assert again.exit_code == 0 and sorted(path.name for path in out.iterdir()) == [
+        "index.html", "manifest.json", "thumbnail.png"
+    ]
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    stored = runner.invoke(cli, ["render", FULL])
+    directory = Path(stored.output.splitlines()[0].split(": ", 1)[1])
+    assert directory.is_relative_to(tmp_path / "data" / "previews")
+    assert "(cached)" in runner.invoke(cli, ["render", FULL]).output.splitlines()[0]
 
 
 def test_render_exit_codes(runner: CliRunner, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from preview_worker.store.base import (
     check_key,
     check_name,
 )
+from preview_worker.store.directory import DirectoryStore
 from preview_worker.store.filesystem import FileStore
 
 
@@ -21,6 +22,7 @@ def store_for(settings: Settings) -> ArtifactStore:
 
 __all__ = [
     "ArtifactStore",
+    "DirectoryStore",
     "FileStore",
     "InvalidArtifactPath",
     "StorageError",
