@@ -93,6 +93,8 @@ def run_workers(settings: Settings, options: PoolOptions) -> None:
             register_queues(connection, settings)
         except SettingsError as error:
             raise ServiceError(str(error)) from None
+        except redis.RedisError as error:  # a full Redis: the pool starts, and backs off
+            print(f"could not list the queues in Redis: {error}", file=sys.stderr, flush=True)
         finally:
             connection.close()
         WorkerPool.for_settings(url, settings, options).run()
