@@ -118,7 +118,8 @@ def render(settings: Settings, path: str, out: str | None) -> None:
 
     Exits 0 when rendered, 1 when the payload is invalid, 2 when it cannot be read.
     """
-    from preview_worker.previews import build_preview
+    from preview_worker.errors import PreviewRefused
+    from preview_worker.previews import store_preview
     from preview_worker.store import DirectoryStore, FileStore, StorageError
 
     result = read_payload_file(path, settings)
@@ -127,8 +128,8 @@ def render(settings: Settings, path: str, out: str | None) -> None:
         sys.exit(exit_code_of([result]))
     try:
         store = DirectoryStore(out) if out else FileStore(settings.data_dir)
-        stored = build_preview(store, result.payload)
-    except StorageError as error:
+        stored = store_preview(store, result.payload)  # read_payload_file validated it
+    except (StorageError, PreviewRefused) as error:
         raise click.ClickException(str(error)) from None
     where = "dry run, nothing written" if stored.location is None else stored.location
     click.echo(f"{path}: {where}{' (cached)' if stored.cached else ''}")

@@ -116,13 +116,28 @@ def check_payload(payload: Any) -> None:
 
 
 def store_preview(
-    store: ArtifactStore, payload: dict[str, Any], checkpoint: Checkpoint | None = None
+    store: ArtifactStore,
+    payload: dict[str, Any],
+    checkpoint: Checkpoint | None = None,
+    budget: Budget | None = None,
 ) -> StoredPreview:
     """Render a valid payload into the store, unless stored already; dryRun writes nothing.
 
-    checkpoint hears each stage (each format, then "write") before it starts.
+    checkpoint hears each stage (each format, then "write") before it starts. The render
+    keeps within the budget (default limits when None); one that passes a bound raises
+    PreviewRefused, a permanent failure that names the bound.
     """
-    check = checkpoint or (lambda stage: None)
+    try:
+        with budgeted(budget or Budget()):
+            return _render_and_store(store, payload, checkpoint or (lambda stage: None))
+    except RenderLimitExceeded as error:
+        raise PreviewRefused(str(error)) from None
+
+
+def _render_and_store(
+    store: ArtifactStore, payload: dict[str, Any], check: Checkpoint
+) -> StoredPreview:
+    """Render a payload's artifacts and put them in the store, or describe a dry run's."""
     preview = render_input(payload)
     digest = preview_hash(preview)
     if payload.get("dryRun") is True:
@@ -144,17 +159,9 @@ def build_preview(
     checkpoint: Checkpoint | None = None,
     budget: Budget | None = None,
 ) -> StoredPreview:
-    """Check a payload, then render and store its preview: what a worker does with a job.
-
-    The render keeps within the budget (default limits when None); one that passes a bound
-    raises PreviewRefused, a permanent failure that names the bound.
-    """
+    """Check a payload, then render and store its preview: what a worker does with a job."""
     check_payload(payload)
-    try:
-        with budgeted(budget or Budget()):
-            return store_preview(store, payload, checkpoint)
-    except RenderLimitExceeded as error:
-        raise PreviewRefused(str(error)) from None
+    return store_preview(store, payload, checkpoint, budget)
 
 
 def open_artifact(store: ArtifactStore, digest: str, name: str) -> tuple[StoredFile, str]:

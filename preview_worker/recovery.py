@@ -223,7 +223,7 @@ def _recover_if_lost(
         try:
             # Look again under WATCH: push it back only if it is still where it was, and lost.
             pipe.watch(job.key, queue.key, place)  # type: ignore[no-untyped-call]
-            if job.get_status().value != status or _is_in(pipe, place, job.id):
+            if job.get_status().value != status or _is_in(pipe, status, place, job.id):
                 return
             stale = _executions_of(connection, job, queue)
             pipe.multi()
@@ -239,9 +239,11 @@ def _recover_if_lost(
     report.requeued.append(job.id)
 
 
-def _is_in(connection: redis.Redis | redis.client.Pipeline, place: str, job_id: str) -> bool:
-    """Tell whether a job id is on a queue (a list) or in a registry (a sorted set)."""
-    if place.startswith(keys.queue_key("")):
+def _is_in(
+    connection: redis.Redis | redis.client.Pipeline, status: str, place: str, job_id: str
+) -> bool:
+    """Tell whether a job id is in its status's place: a queue (a list) or a registry (a set)."""
+    if status == JobStatus.QUEUED.value:
         return connection.lpos(place, job_id) is not None
     return connection.zscore(place, job_id) is not None
 

@@ -187,38 +187,37 @@ def test_schema_ships_inside_the_wheel(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("body", "key"),
-    [
-        (b'{"tutorialId": "a", "tutorialId": "b"}', '"tutorialId"'),
-        (b'{"content": {"steps": [{"title": "a", "body": "x", "title": "a"}]}}', '"title"'),
-        (b'{"a\\u00e9": 1, "a\xc3\xa9": 2}', '"a\\u00e9"'),  # one key, written two ways
-    ],
-)
-def test_a_duplicated_key_is_refused(body: bytes, key: str) -> None:
-    """Given an object with a key twice, even with equal values, parse_payload refuses it."""
-    with pytest.raises(PayloadNotJSON) as refused:
-        parse_payload(body, 1_000_000)
-    assert str(refused.value) == f"not I-JSON (RFC 7493): the key {key} appears twice in an object"
+def twice(key: str) -> str:
+    """Say why a body with a key twice is refused."""
+    return f"the key {key} appears twice in an object"
+
+
+def lone(escape: str) -> str:
+    """Say why a body with a lone surrogate is refused."""
+    return f"a string holds {escape}, a lone surrogate"
 
 
 @pytest.mark.parametrize(
-    ("body", "escape"),
+    ("body", "reason"),
     [
-        (b'{"title": "\\ud800"}', "\\ud800"),
-        (b'{"a\\uDC00b": 1}', "\\uDC00"),  # in a key
-        (b'[1, ["x\\udbff"]]', "\\udbff"),  # a high surrogate at the end of a string
-        (b'["\\ud83d\\ud83d\\ude00"]', "\\ud83d"),  # two highs, then a low: the first is alone
-        (b'["\\ude00\\ud83d"]', "\\ude00"),  # low before high is no pair
-        (b'["\\\\\\ud800"]', "\\ud800"),  # an escaped backslash, then a real escape
-        (b'["\\\\ud83d\\ude00"]', "\\ude00"),  # the high is text (backslash escaped), not a pair
+        (b'{"tutorialId": "a", "tutorialId": "b"}', twice('"tutorialId"')),
+        (b'{"content": {"steps": [{"title": "a", "body": "x", "title": "a"}]}}', twice('"title"')),
+        (b'{"a\\u00e9": 1, "a\xc3\xa9": 2}', twice('"a\\u00e9"')),  # one key, two spellings
+        (b'{"title": "\\ud800"}', lone("\\ud800")),
+        (b'{"a\\uDC00b": 1}', lone("\\uDC00")),  # in a key
+        (b'[1, ["x\\udbff"]]', lone("\\udbff")),  # a high surrogate at the end of a string
+        (b'["\\ud83d\\ud83d\\ude00"]', lone("\\ud83d")),  # two highs, a low: the first alone
+        (b'["\\ude00\\ud83d"]', lone("\\ude00")),  # low before high is no pair
+        (b'["\\\\\\ud800"]', lone("\\ud800")),  # an escaped backslash, then a real escape
+        (b'["\\\\ud83d\\ude00"]', lone("\\ude00")),  # the high is text, not a pair
     ],
 )
-def test_a_lone_surrogate_is_refused(body: bytes, escape: str) -> None:
-    """Given a lone surrogate escaped in a value or a key, parse_payload refuses it (not a 500)."""
+def test_a_body_that_is_not_i_json_is_refused(body: bytes, reason: str) -> None:
+    """Given a key twice (even with equal values) or a lone surrogate escaped in a value or a
+    key, parse_payload refuses the body as not I-JSON (a 400, not a 500), saying why."""
     with pytest.raises(PayloadNotJSON) as refused:
         parse_payload(body, 1_000_000)
-    assert str(refused.value) == f"not I-JSON (RFC 7493): a string holds {escape}, a lone surrogate"
+    assert str(refused.value) == f"not I-JSON (RFC 7493): {reason}"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import redis
 from flask import Flask, Response, redirect, request, send_from_directory
 from werkzeug.wrappers import Response as ResponseBase
 
-from preview_worker.queueing import queue_names, register_queues
+from preview_worker.queueing import DEFAULT_PRIORITY, queue_name, queue_names, register_queues
 from preview_worker.web.shared import error_response, preview_of
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def init_dashboard(app: Flask, redis_url: str) -> None:
 
     settings = preview_of(app).settings
     ours = set(queue_names(settings))
-    first = queue_names(settings)[1]  # normal: where most jobs are
+    first = queue_name(settings, DEFAULT_PRIORITY)  # where most jobs are
     try:
         register_queues(preview_of(app).connection, settings)
     except redis.RedisError as error:  # the dashboard lists them once a job was queued
