@@ -9,7 +9,13 @@ from typing import Any
 
 from preview_worker import render
 from preview_worker.errors import InvalidPayload, PreviewRefused
-from preview_worker.render import Checkpoint, preview_hash, render_files, render_input
+from preview_worker.render import (
+    Checkpoint,
+    preview_hash,
+    render_files,
+    render_input,
+    render_warnings,
+)
 from preview_worker.render.limits import Budget, Limits, RenderLimitExceeded, budgeted
 from preview_worker.render.page import CONTENT_SECURITY_POLICY
 from preview_worker.schema import validate_payload
@@ -59,6 +65,7 @@ class StoredPreview:
     cached: bool = False  # the artifacts existed already and nothing was rendered
     dry_run: bool = False  # rendered in memory; nothing was written
     location: str | None = None  # where the store keeps the artifacts; None on a dry run
+    warnings: list[str] = field(default_factory=list)  # what the artifacts cannot show
 
     def as_dict(self) -> dict[str, Any]:
         """Return a small JSON-able summary, fit for a job result or the command line."""
@@ -68,6 +75,7 @@ class StoredPreview:
             "artifacts": [item.as_dict() for item in self.files],
             "cached": self.cached,
             "dryRun": self.dry_run,
+            "warnings": self.warnings,
         }
 
 
@@ -76,10 +84,15 @@ def describe(name: str, data: bytes) -> ArtifactFile:
     return ArtifactFile(name, len(data), hashlib.sha256(data).hexdigest(), CONTENT_TYPES[name])
 
 
-def manifest_bytes(digest: str, files: list[ArtifactFile]) -> bytes:
-    """Return the manifest of a preview: its hash, the renderer version and every file."""
+def manifest_bytes(digest: str, files: list[ArtifactFile], warnings: list[str]) -> bytes:
+    """Return the manifest of a preview: its hash, the renderer version, every file, warnings."""
     entries = [item.as_dict() for item in sorted(files, key=lambda item: item.name)]
-    data = {"hash": digest, "rendererVersion": render.RENDERER_VERSION, "files": entries}
+    data = {
+        "hash": digest,
+        "rendererVersion": render.RENDERER_VERSION,
+        "files": entries,
+        "warnings": warnings,
+    }
     return json.dumps(data, indent=2, sort_keys=True).encode("utf-8") + b"\n"
 
 
@@ -91,11 +104,18 @@ def read_manifest(store: ArtifactStore, digest: str) -> dict[str, Any]:
 
 def stored_preview(store: ArtifactStore, digest: str) -> StoredPreview:
     """Describe a preview already in the store."""
+    manifest = read_manifest(store, digest)
     files = [
         ArtifactFile(item["name"], item["size"], item["sha256"], item["contentType"])
-        for item in read_manifest(store, digest)["files"]
+        for item in manifest["files"]
     ]
-    return StoredPreview(digest, files, cached=True, location=store.location(digest))
+    return StoredPreview(
+        digest,
+        files,
+        cached=True,
+        location=store.location(digest),
+        warnings=manifest.get("warnings", []),
+    )
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -140,17 +160,18 @@ def _render_and_store(
     """Render a payload's artifacts and put them in the store, or describe a dry run's."""
     preview = render_input(payload)
     digest = preview_hash(preview)
+    warnings = render_warnings(preview)
     if payload.get("dryRun") is True:
         files = render_files(preview, check)
-        return StoredPreview(digest, [describe(name, data) for name, data in files.items()],
-                             dry_run=True)
+        listed = [describe(name, data) for name, data in files.items()]
+        return StoredPreview(digest, listed, dry_run=True, warnings=warnings)
     if store.exists(digest):
         return stored_preview(store, digest)
     files = render_files(preview, check)
     listed = [describe(name, data) for name, data in files.items()]
     check("write")
-    store.put(digest, files | {MANIFEST: manifest_bytes(digest, listed)})
-    return StoredPreview(digest, listed, location=store.location(digest))
+    store.put(digest, files | {MANIFEST: manifest_bytes(digest, listed, warnings)})
+    return StoredPreview(digest, listed, location=store.location(digest), warnings=warnings)
 
 
 def build_preview(

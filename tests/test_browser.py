@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -137,10 +138,9 @@ class PreviewSite:
     paths: list[str]
 
 
-@pytest.fixture(scope="module")
-def preview_site() -> Iterator[PreviewSite]:
-    """Serve the page rendered from the full payload on 127.0.0.1, as an artifact is served."""
-    page = render_preview_files(load_payload(FULL))["index.html"]
+@contextmanager
+def serving_page(page: bytes) -> Iterator[PreviewSite]:
+    """Serve one rendered page at /index.html on 127.0.0.1, as an artifact is served."""
 
     class Handler(_PreviewHandler):
         pass
@@ -155,6 +155,13 @@ def preview_site() -> Iterator[PreviewSite]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def preview_site() -> Iterator[PreviewSite]:
+    """Serve the page rendered from the full payload."""
+    with serving_page(render_preview_files(load_payload(FULL))["index.html"]) as site:
+        yield site
 
 
 @pytest.fixture
@@ -246,6 +253,61 @@ def test_preview_page_fits_a_phone_screen(browser: Browser, preview_site: Previe
         assert watched.errors == []
     finally:
         context.close()
+
+
+RTL_CONTENT = {
+    "title": "مقدمة إلى الطوابير",
+    "summary": "ملخص قصير للدرس",
+    "language": "ar",
+    "steps": [
+        {
+            "title": "تثبيت الأدوات",
+            "body": "فقرة بالعربية.\n\nAn English paragraph on an Arabic page.",
+            "code": {"source": "print('hello')", "language": "python"},
+        }
+    ],
+}
+
+
+def test_a_right_to_left_page_reads_right_to_left(browser: Browser) -> None:
+    """An Arabic page is RTL and its title flush right; English and code stay left to right."""
+    payload = {"tutorialId": "rtl", "content": RTL_CONTENT}
+    with serving_page(render_preview_files(payload)["index.html"]) as site:
+        context = browser.new_context()
+        try:
+            watched = watch(context.new_page())
+            watched.page.goto(site.url, wait_until="load")
+            layout: dict[str, Any] = watched.page.evaluate(
+                """() => {
+                    const box = element => element.getBoundingClientRect();
+                    const text = element => {
+                        const range = document.createRange();
+                        range.selectNodeContents(element);
+                        return range.getBoundingClientRect();
+                    };
+                    const direction = element => getComputedStyle(element).direction;
+                    const h1 = document.querySelector("h1");
+                    const english = [...document.querySelectorAll("section p")]
+                        .find(p => p.textContent.startsWith("An English"));
+                    const code = document.querySelector("pre.code");
+                    return {
+                        page: direction(document.documentElement),
+                        title: direction(h1),
+                        titleGapRight: box(h1).right - text(h1).right,
+                        titleGapLeft: text(h1).left - box(h1).left,
+                        english: direction(english),
+                        englishGapLeft: text(english).left - box(english).left,
+                        code: direction(code),
+                    };
+                }"""
+            )
+            assert watched.errors == []
+        finally:
+            context.close()
+    assert layout["page"] == layout["title"] == "rtl", layout
+    assert abs(layout["titleGapRight"]) <= 1 and layout["titleGapLeft"] > 100, layout
+    assert layout["english"] == "ltr" and abs(layout["englishGapLeft"]) <= 1, layout
+    assert layout["code"] == "ltr", layout
 
 
 @pytest.fixture

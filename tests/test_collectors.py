@@ -82,6 +82,9 @@ def test_json_picture_gives_the_same_figures(
     normal = queue_picture(redis_client, settings)["queues"]["normal"]
     assert normal["depth"] == 1 and normal["dlqSize"] == 0
     assert normal["outcomes"]["enqueued"] == 1 and normal["outcomes"]["duplicate"] == 1
+    assert set(normal["outcomes"]) == {
+        "enqueued", "duplicate", "rejected", "succeeded", "retried", "deadLettered", "canceled"
+    }
     assert normal["oldestAgeSeconds"] >= 0 and normal["durations"]["count"] == 0
 
 

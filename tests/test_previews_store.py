@@ -292,7 +292,7 @@ def test_stored_preview_reports_small_json(data_dir: Path) -> None:
     stored = store_preview(FileStore(data_dir), load_payload(MINIMAL))
     assert isinstance(stored, StoredPreview)
     data = json.loads(json.dumps(stored.as_dict()))
-    assert set(data) == {"artifactHash", "artifacts", "cached", "dryRun"}
+    assert set(data) == {"artifactHash", "artifacts", "cached", "dryRun", "warnings"}
     assert str(data_dir) not in json.dumps(data)
     assert data["artifactHash"] == preview_hash(render_input(load_payload(MINIMAL)))
 

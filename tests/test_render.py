@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import unquote
@@ -183,7 +182,7 @@ def test_page_has_language_one_title_a_heading_per_step_and_contents() -> None:
     document = page_of(payload)
     page = Page(document)
     steps = payload["content"]["steps"]
-    assert page.named("html") == [{"lang": "en-GB"}]
+    assert page.named("html") == [{"lang": "en-GB", "dir": "ltr"}]
     assert len(page.named("h1")) == 1
     step_ids = [attrs["id"] for attrs in page.named("section")]
     assert len(step_ids) == len(steps)
@@ -476,9 +475,3 @@ def test_cjk_breaks_between_characters_but_not_before_closing_punctuation() -> N
     lines = wrap("日本語、です。日本語、です。", len, 4, 5)
     assert all(not line.startswith(("、", "。")) for line in lines)
     assert "".join(lines) == "日本語、です。日本語、です。"
-
-
-def test_characters_no_font_has_are_dropped_not_drawn_as_boxes() -> None:
-    """A private-use character is left out of the runs the thumbnail draws."""
-    runs: Callable[[str], list[tuple[fonts.FontSource, str]]] = fonts.fallback_chain("en").runs
-    assert "".join(text for _, text in runs("a\ue000b")) == "ab"

@@ -169,6 +169,17 @@ def read_durations(connection: redis.Redis, queues: Iterable[str]) -> dict[str, 
     return histograms
 
 
+def json_name(outcome: str) -> str:
+    """Return an outcome's name in JSON answers: camelCase ("deadLettered").
+
+    Prometheus keeps the label value "dead_lettered" that alerts and dashboards read; the
+    JSON answer does not repeat the old name, since a client summing the counts would
+    count those jobs twice.
+    """
+    head, *rest = outcome.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
 @dataclass(frozen=True)
 class QueuePicture:
     """Every queue figure the service exports, read at one moment."""
@@ -191,7 +202,10 @@ class QueuePicture:
         mean = histogram.total / histogram.count if histogram.count else None
         return {
             **queue.as_dict(),
-            "outcomes": {o: self.outcomes.get((queue.name, o), 0) for o in OUTCOMES},
+            "outcomes": {
+                json_name(outcome): self.outcomes.get((queue.name, outcome), 0)
+                for outcome in OUTCOMES
+            },
             "durations": {
                 "count": histogram.count,
                 "sumSeconds": round(histogram.total, 6),

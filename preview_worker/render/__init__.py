@@ -13,10 +13,10 @@ from preview_worker.canonical import canonical_json
 from preview_worker.render import limits
 from preview_worker.render.model import RenderInput, render_input
 from preview_worker.render.page import render_page
-from preview_worker.render.thumbnail import render_thumbnail
+from preview_worker.render.thumbnail import missing_glyphs, render_thumbnail
 
 # Bump whenever the bytes rendered for some payload change: it is part of every artifact hash.
-RENDERER_VERSION = "2"  # 2: only allowed languages are highlighted
+RENDERER_VERSION = "3"  # 2: only allowed languages are highlighted; 3: every script, shaped
 
 # Artifact file name and content type of each output format, in the order they are rendered.
 ARTIFACTS = {
@@ -65,6 +65,19 @@ def _page_bytes(preview: RenderInput) -> bytes:
     return data
 
 
+MAX_NAMED_GLYPHS = 20  # a warning names at most this many missing characters
+
+
+def render_warnings(preview: RenderInput) -> list[str]:
+    """Return what the artifacts of a render input cannot show, in words for the author."""
+    missing = missing_glyphs(preview) if "png" in preview.formats else []
+    if not missing:
+        return []
+    named = ", ".join(f"U+{ord(char):04X}" for char in missing[:MAX_NAMED_GLYPHS])
+    more = f" and {len(missing) - MAX_NAMED_GLYPHS} more" if len(missing) > MAX_NAMED_GLYPHS else ""
+    return [f"the thumbnail has no font for {named}{more}: drawn as empty boxes"]
+
+
 def render_preview_files(payload: dict[str, Any]) -> dict[str, bytes]:
     """Render the artifacts of a valid payload: file name -> bytes, honouring output.formats."""
     return render_files(render_input(payload))
@@ -79,4 +92,5 @@ __all__ = [
     "render_files",
     "render_input",
     "render_preview_files",
+    "render_warnings",
 ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
-from PIL import ImageFont
+from PIL import ImageFont, features
 
 REGULAR = 400  # font weights, on the OpenType scale
 BOLD = 700
@@ -25,6 +26,10 @@ class FontSource:
 
 
 NOTO_SANS = FontSource("NotoSans[wght].ttf")  # Latin, Greek, Cyrillic
+NOTO_ARABIC = FontSource("NotoSansArabic[wght].ttf")
+NOTO_HEBREW = FontSource("NotoSansHebrew[wght].ttf")
+NOTO_DEVANAGARI = FontSource("NotoSansDevanagari[wght].ttf")
+NOTO_THAI = FontSource("NotoSansThai[wght].ttf")
 NOTO_SYMBOLS = FontSource("NotoSansSymbols[wght].ttf")
 NOTO_EMOJI = FontSource("NotoEmoji[wght].ttf")  # outlines, one colour
 NOTO_CJK = "NotoSansCJK-VF.otf.ttc"  # faces JP, KR, SC, TC, HK
@@ -80,27 +85,50 @@ class FontChain:
         return self._choice[char]
 
     def runs(self, text: str) -> list[tuple[FontSource, str]]:
-        """Split a text into runs that one face can draw; characters no face has are dropped."""
+        """Split a text into runs that one face draws, in the text's order.
+
+        A letter goes to the first face that has it; a mark, digit, space or punctuation
+        stays in the face of the run before it when that face has it, so that a word is
+        shaped in one face. A character no face has goes to the first face, whose empty
+        box (.notdef) shows it is missing rather than leaving a silent gap.
+        """
         first = self.sources[0]
         if coverage(first).issuperset(map(ord, text)):
             return [(first, text)] if text else []  # the usual case, at the speed of a set
         result: list[tuple[FontSource, str]] = []
         for char in text:
-            source = self.source_of(char)
-            if source is None:
-                continue
-            if result and result[-1][0] == source:
+            current = result[-1][0] if result else None
+            if current is not None and _follows(char) and ord(char) in coverage(current):
+                source = current
+            else:
+                source = self.source_of(char) or first
+            if source == current:
                 result[-1] = (source, result[-1][1] + char)
             else:
                 result.append((source, char))
         return result
+
+    def missing(self, text: str) -> list[str]:
+        """Return the characters of a text that no face has, once each, in order."""
+        found = dict.fromkeys(
+            char for char in text if not char.isspace() and self.source_of(char) is None
+        )
+        return list(found)
+
+
+def _follows(char: str) -> bool:
+    """Say whether a character may stay in the face of the text before it (all but letters)."""
+    return not unicodedata.category(char).startswith("L")
 
 
 @functools.lru_cache(maxsize=64)
 def fallback_chain(language: str) -> FontChain:
     """Return the faces to try, in order, for the characters of a text in a language."""
     cjk = FontSource(NOTO_CJK, cjk_face(language))
-    return FontChain((NOTO_SANS, cjk, NOTO_SYMBOLS, NOTO_EMOJI))
+    return FontChain(
+        (NOTO_SANS, NOTO_ARABIC, NOTO_HEBREW, NOTO_DEVANAGARI, NOTO_THAI, cjk, NOTO_SYMBOLS,
+         NOTO_EMOJI)
+    )
 
 
 def font_path(source: FontSource) -> Path:
@@ -124,8 +152,11 @@ def coverage(source: FontSource) -> frozenset[int]:
 @functools.lru_cache(maxsize=128)
 def face(source: FontSource, size: int, weight: int) -> ImageFont.FreeTypeFont:
     """Return a face at a pixel size and weight, loaded once per process."""
+    # Raqm shapes (Arabic joining, Indic clusters, Thai marks), kerns and sets a run's direction.
+    if not features.check_feature("raqm"):
+        raise FontMissing("Pillow was built without Raqm: install Pillow's own wheel")
     font = ImageFont.truetype(
-        str(font_path(source)), size, index=source.index, layout_engine=ImageFont.Layout.BASIC
+        str(font_path(source)), size, index=source.index, layout_engine=ImageFont.Layout.RAQM
     )
     axes = font.get_variation_axes()
     if axes:

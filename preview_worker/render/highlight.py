@@ -96,4 +96,5 @@ def highlight_code(source: str, language: str) -> str:
     body = html.escape(source, quote=False) if lexer is None else _highlighted(source, lexer)
     name = language.strip()[:32]
     label = f' data-lang="{html.escape(name)}"' if name else ""
-    return f'<pre class="{CODE_CLASS}"{label}><code>{body}</code></pre>\n'
+    # Code reads left to right on every page, a right-to-left one too.
+    return f'<pre class="{CODE_CLASS}" dir="ltr"{label}><code>{body}</code></pre>\n'

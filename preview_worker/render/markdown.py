@@ -29,6 +29,11 @@ HEADING_SHIFT = 2  # the page has the title as <h1> and steps as <h2>: a body's 
 # of times, would multiply the page. Inline data: images are bounded by the page cap alone.
 MAX_LINK_LENGTH = 2048  # characters
 _RENDERED = "rendered"  # env key: characters this body has rendered so far
+# Blocks whose direction follows their own first strong letter (dir="auto"), so a Hebrew
+# paragraph reads right to left on an English page and an English one left to right on it.
+_OWN_DIRECTION = frozenset(
+    {"paragraph_open", "heading_open", "list_item_open", "blockquote_open", "th_open", "td_open"}
+)
 
 
 def _bare(url: str) -> str:
@@ -139,4 +144,6 @@ def render_markdown(text: str) -> str:
     for token in tokens:
         if token.type in ("heading_open", "heading_close"):
             token.tag = f"h{min(int(token.tag[1]) + HEADING_SHIFT, 6)}"
+        if token.type in _OWN_DIRECTION:
+            token.attrSet("dir", "auto")
     return str(parser.renderer.render(tokens, parser.options, {}))

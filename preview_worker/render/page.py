@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from html import escape
 
-from preview_worker.render import limits
+from preview_worker.render import bidi, limits
 from preview_worker.render.highlight import CODE_CLASS, highlight_code, token_css
 from preview_worker.render.markdown import render_markdown
 from preview_worker.render.model import RenderInput, Step
@@ -35,7 +35,7 @@ a{color:var(--accent);text-underline-offset:.15em}
 nav{background:var(--surface);border:1px solid var(--border);border-radius:.5rem;
 padding:1rem 1.25rem;margin-bottom:2rem}
 nav h2{font-size:1rem;margin:0 0 .5rem}
-nav ol{margin:0;padding-left:1.5rem}
+nav ol{margin:0;padding-inline-start:1.5rem}
 nav li{margin:.25rem 0}
 .step{margin:0 0 2.5rem;scroll-margin-top:1rem}
 .step>h2{display:flex;gap:.75rem;align-items:baseline}
@@ -53,9 +53,9 @@ pre.CODE_CLASS[data-lang]::before{content:attr(data-lang);position:absolute;top:
 right:.75rem;color:var(--muted);font:600 .75rem/1 system-ui,sans-serif;
 text-transform:uppercase;letter-spacing:.05em}
 table{display:block;overflow-x:auto;border-collapse:collapse;margin:1rem 0}
-th,td{border:1px solid var(--border);padding:.4rem .75rem;text-align:left}
+th,td{border:1px solid var(--border);padding:.4rem .75rem;text-align:start}
 th{background:var(--surface)}
-blockquote{margin:1rem 0;padding:.25rem 1rem;border-left:.25rem solid var(--border);
+blockquote{margin:1rem 0;padding:.25rem 1rem;border-inline-start:.25rem solid var(--border);
 color:var(--muted)}
 img{max-width:100%;height:auto}
 @media (max-width:30rem){main{padding:1.25rem 1rem 3rem}h2{font-size:1.25rem}}
@@ -76,7 +76,7 @@ def page_css(theme: Theme) -> str:
 def _contents(steps: tuple[Step, ...]) -> str:
     """Return the table of contents: one link per step."""
     items = "".join(
-        f'<li><a href="#step-{number}">{escape(step.title)}</a></li>\n'
+        f'<li dir="auto"><a href="#step-{number}">{escape(step.title)}</a></li>\n'
         for number, step in enumerate(steps, start=1)
     )
     return (
@@ -92,27 +92,30 @@ def _step(number: int, step: Step) -> str:
     return (
         f'<section class="step" id="step-{number}" aria-labelledby="step-{number}-title">\n'
         f'<h2 id="step-{number}-title"><span class="number">{number}</span>'
-        f"<span>{escape(step.title)}</span></h2>\n{body}{code}</section>\n"
+        f'<span dir="auto">{escape(step.title)}</span></h2>\n{body}{code}</section>\n'
     )
 
 
 def _header(preview: RenderInput) -> str:
     """Return the page's header: the title, the summary and the number of steps."""
-    summary = f'<p class="summary">{escape(preview.summary)}</p>\n' if preview.summary else ""
+    summary = (
+        f'<p class="summary" dir="auto">{escape(preview.summary)}</p>\n' if preview.summary else ""
+    )
     return (
         f'<header>\n<p class="eyebrow">Tutorial preview · {preview.steps_label}</p>\n'
-        f"<h1>{escape(preview.title)}</h1>\n{summary}</header>\n"
+        f'<h1 dir="auto">{escape(preview.title)}</h1>\n{summary}</header>\n'
     )
 
 
 def render_page(preview: RenderInput) -> str:
     """Return the preview page of a tutorial as one HTML document, within the render's budget."""
     budget = limits.current()
+    direction = "rtl" if bidi.language_level(preview.language) == bidi.RTL else "ltr"
     steps = "".join(
         budget.spend(_step(number, step)) for number, step in enumerate(preview.steps, start=1)
     )
     return (
-        f'<!DOCTYPE html>\n<html lang="{escape(preview.language)}">\n<head>\n'
+        f'<!DOCTYPE html>\n<html lang="{escape(preview.language)}" dir="{direction}">\n<head>\n'
         '<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">\n'

@@ -24,6 +24,11 @@ def _is_wide(char: str) -> bool:
     return unicodedata.east_asian_width(char) in ("W", "F")
 
 
+def _is_mark(char: str) -> bool:
+    """Say whether a character combines with the one before it (a vowel sign, an accent)."""
+    return unicodedata.category(char).startswith("M") or char in "\u200c\u200d"
+
+
 def pieces(text: str) -> list[str]:
     """Split a text into the pieces a line may end after: words with their space, wide chars."""
     result: list[str] = []
@@ -46,11 +51,14 @@ def pieces(text: str) -> list[str]:
 
 
 def _split_long(piece: str, measure: Measure, max_width: float) -> list[str]:
-    """Break a piece too wide for a line (a long URL, say) into pieces that fit."""
+    """Break a piece too wide for a line (a long URL, say) into pieces that fit.
+
+    A combining mark (a Thai vowel, a Devanagari sign) stays with the letter it marks.
+    """
     result: list[str] = []
     part = ""
     for char in piece:
-        if part and measure(part + char) > max_width:
+        if part and not _is_mark(char) and measure(part + char) > max_width:
             result.append(part)
             part = ""
         part += char
@@ -74,7 +82,8 @@ def wrap_or_cut(
     text: str, measure: Measure, max_width: float, max_lines: int
 ) -> tuple[list[str], bool]:
     """Return the wrapped lines and whether the text had to be cut to fit them."""
-    # Widths add up (the faces are set without kerning), so each piece is measured once.
+    # Each piece is measured once and widths are added: kerning across two pieces is lost,
+    # a pixel or so, which the padding absorbs.
     space = measure(" ")
     lines: list[str] = []
     line, width = "", 0.0

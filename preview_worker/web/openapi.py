@@ -120,7 +120,16 @@ def _components() -> dict[str, Any]:
                     "enqueuedAt": text,
                     "startedAt": text,
                     "endedAt": text,
-                    "result": {"type": ["object", "null"]},
+                    "result": {
+                        "type": ["object", "null"],
+                        "properties": {
+                            "artifactHash": {"type": "string"},
+                            "cached": {"type": "boolean"},
+                            "dryRun": {"type": "boolean"},
+                            # What the artifacts cannot show, e.g. characters no font has.
+                            "warnings": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
                     "error": {"type": ["object", "null"]},
                     "deadLettered": {"type": "boolean"},
                 },
