@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.protocols import Validator
 
@@ -302,8 +303,39 @@ def _words(value: Any) -> str:
 _PATH, _MESSAGE = operator.itemgetter(0), operator.itemgetter(1)
 
 
+@functools.lru_cache(maxsize=1)
+def fast_validator() -> Any:
+    """Return the compiled Rust validator (jsonschema-rs), built once per process.
+
+    It decides, about 300 times faster than the Python one; its patterns are ECMA-262
+    regular expressions as the schema means them. The Python validator explains.
+    """
+    return jsonschema_rs.validator_for(load_schema())
+
+
+def is_valid(payload: object) -> bool:
+    """Say whether a payload is valid, at the speed of the Rust validator."""
+    try:
+        return bool(fast_validator().is_valid(payload))
+    except (ValueError, TypeError):  # not JSON data at all: a set, a tuple key, bytes...
+        return False
+
+
 def validate_payload(payload: object) -> list[Problem]:
     """Return every problem of a payload, sorted by path; an empty list means valid.
+
+    The fast validator decides; only an invalid payload is explained, by the Python one.
+    """
+    if is_valid(payload):
+        return []
+    problems = explain_payload(payload)
+    # The two are held to the same verdict (tests/test_properties.py); should they ever part,
+    # the payload stays refused, with the fast validator's own words.
+    return problems or [Problem("", "is invalid")]
+
+
+def explain_payload(payload: object) -> list[Problem]:
+    """Return every problem of a payload by the Python validator, sorted by path.
 
     Linear in the payload's size: an array too long is looked into up to one member past its
     maxItems only.

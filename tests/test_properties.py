@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from preview_worker import Problem, validate_payload
+from preview_worker import Problem, schema, validate_payload
 from preview_worker.render import ARTIFACTS, render_preview_files
 from preview_worker.schema import load_schema
 
@@ -153,6 +153,47 @@ def test_payloads_generated_from_the_schema_are_accepted_and_render(
         png = files["thumbnail.png"]
         size = (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"))
         assert png.startswith(b"\x89PNG") and size == (output["width"], output["height"])
+
+
+def same_verdict(payload: Any) -> None:
+    """Assert the fast validator and the explaining one agree on a payload."""
+    assert schema.is_valid(payload) == (schema.explain_payload(payload) == []), payload
+
+
+def test_both_validators_agree_on_every_example_payload() -> None:
+    """Every payload in payloads/, valid and invalid, gets one verdict from both validators."""
+    files = sorted(EXAMPLES.glob("*.json")) + sorted((EXAMPLES / "invalid").glob("*.json"))
+    verdicts = {}
+    for path in files:
+        if path.name == "invalid-expected.json":
+            continue
+        payload = json.loads(path.read_text("utf-8"))
+        same_verdict(payload)
+        verdicts[path.name] = schema.is_valid(payload)
+    assert sum(verdicts.values()) == 2 and len(verdicts) > 20, verdicts
+
+
+@given(data=st.data())
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+def test_both_validators_agree_on_generated_and_mutated_payloads(data: st.DataObject) -> None:
+    """A generated payload, and the same with one rule broken, get one verdict from both."""
+    payload = data.draw(PAYLOADS, label="payload")
+    same_verdict(payload)
+    mutations = STRATEGIES.mutations(payload)
+    if mutations:
+        mutation = data.draw(st.sampled_from(mutations), label="place")
+        same_verdict(data.draw(mutation.edits(), label="edit").apply(payload))
+
+
+@given(JSON)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_both_validators_agree_on_any_json_value(value: Any) -> None:
+    """Any JSON value at all gets one verdict from both validators."""
+    same_verdict(value)
 
 
 def test_mutations_cover_every_rule_the_schema_uses() -> None:

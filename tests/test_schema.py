@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from preview_worker import validate_payload
 from preview_worker.schema import (
     PayloadNotJSON,
     PayloadTooLarge,
+    PayloadValidator,
     Problem,
     ecma_regex,
     load_schema,
@@ -281,3 +283,37 @@ def test_patterns_end_where_the_string_ends(member: str, value: str) -> None:
 def test_ecma_dollar_becomes_the_end_of_the_string(pattern: str, python: str) -> None:
     """Given a schema pattern, only its $ anchors outside classes become \\Z."""
     assert ecma_regex(pattern).pattern == python
+
+
+def patterns_of(node: Any) -> set[str]:
+    """Return every pattern a schema holds, however deep."""
+    if isinstance(node, dict):
+        found = {node["pattern"]} if isinstance(node.get("pattern"), str) else set()
+        return found.union(*(patterns_of(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(patterns_of(value) for value in node))
+    return set()
+
+
+SCHEMA_PATTERNS = sorted(patterns_of(load_schema()))
+
+
+def test_the_schema_has_patterns_to_check() -> None:
+    """The pattern walk finds the schema's patterns (so the test below cannot pass empty)."""
+    assert len(SCHEMA_PATTERNS) >= 3
+
+
+@pytest.mark.parametrize("pattern", SCHEMA_PATTERNS)
+@given(data=st.data())
+@settings(max_examples=25, deadline=None)
+def test_every_pattern_refuses_a_final_newline_in_both_validators(
+    pattern: str, data: st.DataObject
+) -> None:
+    """Whatever matches a pattern of the schema, the same with a final newline does not."""
+    node = {"type": "string", "pattern": pattern}
+    python, rust = PayloadValidator(node), jsonschema_rs.validator_for(node)
+    value = data.draw(st.from_regex(ecma_regex(pattern), fullmatch=True).filter(
+        lambda text: not text.endswith("\n")
+    ))
+    assert python.is_valid(value) and rust.is_valid(value)
+    assert not python.is_valid(value + "\n") and not rust.is_valid(value + "\n")
