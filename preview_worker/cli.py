@@ -179,16 +179,25 @@ def enqueue(settings: Settings, paths: tuple[str, ...], priority: str | None, wa
         sys.exit(exit_code_of(results))
     connection = connection_of(settings)
     submissions: list[queueing.Submission] = []
-    for result in results:
-        payload = {**result.payload, "priority": priority} if priority else result.payload
-        try:
-            submission = queueing.submit(connection, settings, payload)
-        except (queueing.QueueFull, queueing.IdempotencyConflict) as error:
-            unsent = [each.name for each in results[len(submissions):]]
-            raise click.ClickException(f"{error}; not sent: {' '.join(unsent)}") from None
-        submissions.append(submission)
-        click.echo(f"{result.name}: {submission.job_id} {submission.status}"
-                   f"{' (duplicate)' if submission.duplicate else ''} on {submission.queue}")
+    refused: list[str] = []
+    payloads = [
+        {**result.payload, "priority": priority} if priority else result.payload
+        for result in results
+    ]
+    # Batches of PREVIEW_BATCH_MAX: one Redis round trip each, every file answered on its own.
+    for start in range(0, len(payloads), settings.batch_max):
+        chunk = payloads[start : start + settings.batch_max]
+        outcomes = queueing.submit_many(connection, settings, chunk)
+        for result, outcome in zip(results[start:], outcomes, strict=False):
+            if isinstance(outcome, queueing.Submission):
+                submissions.append(outcome)
+                click.echo(f"{result.name}: {outcome.job_id} {outcome.status}"
+                           f"{' (duplicate)' if outcome.duplicate else ''} on {outcome.queue}")
+            else:
+                refused.append(result.name)
+                click.echo(f"{result.name}: refused: {outcome}", err=True)
+    if refused:
+        raise click.ClickException(f"not enqueued: {' '.join(refused)}")
     if wait:
         statuses = wait_for_all(connection, settings, [s.job_id for s in submissions])
         print_summary(settings, statuses)

@@ -12,13 +12,13 @@ import redis
 from redis.exceptions import WatchError
 from rq import Callback, Queue
 from rq.command import send_stop_job_command
-from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from preview_worker import hooks, keys
+from preview_worker.admission import Admission, Candidate, admit, admit_all, build_job
 from preview_worker.canonical import canonical_json
-from preview_worker.connections import is_refusal
-from preview_worker.observe.outcomes import end_key_of, forget, record_end, record_outcome
+from preview_worker.observe.outcomes import end_key_of, forget, record_end
 from preview_worker.retries import retry_policy
 from preview_worker.schema import default_of
 from preview_worker.settings import Settings
@@ -135,15 +135,6 @@ def queued_count(connection: redis.Redis, settings: Settings) -> int:
         return sum(pipe.execute())
 
 
-def _look(connection: redis.Redis, settings: Settings, job_id: str) -> tuple[str, int]:
-    """Read a job's status (empty when there is none) and the queued count in one trip."""
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.hget(keys.job_key(job_id), "status")
-        _count_queued(pipe, settings)
-        status, *lengths = pipe.execute()
-    return (status.decode() if status else ""), sum(lengths)
-
-
 def submit(
     connection: redis.Redis,
     settings: Settings,
@@ -151,26 +142,109 @@ def submit(
     request_id: str | None = None,
     function: str = RENDER_FUNCTION,
 ) -> Submission:
-    """Enqueue a valid payload once: a duplicate returns the job that exists already.
+    """Enqueue a valid payload once, in one round trip: a duplicate returns the existing job.
 
     function names what workers run; only benchmarks and tests pass another than the render.
+    Raises IdempotencyConflict or QueueFull, having enqueued nothing.
     """
-    job_id = job_id_for(payload, settings.queue_name)
-    status, queued = _look(connection, settings, job_id)
-    existing = _fetch(connection, job_id) if status else None
-    if existing is not None and existing.get_status() not in RESUBMITTABLE:
-        return _duplicate(connection, existing, payload)
-    if queued >= settings.queue_max:
-        record_outcome(connection, queue_name(settings, _priority(payload)), "rejected")
-        raise QueueFull(queued, settings.queue_max)
-    if existing is not None:
-        return _resubmit(connection, settings, payload, request_id, existing, function)
-    return _enqueue(connection, settings, payload, request_id, job_id, function)
+    candidate = _candidate(connection, settings, payload, request_id, function)
+    verdict = admit(connection, candidate, settings.queue_max, queue_names(settings))
+    return _settled(connection, settings, candidate, verdict)
+
+
+def submit_many(
+    connection: redis.Redis,
+    settings: Settings,
+    payloads: list[dict[str, Any]],
+    request_id: str | None = None,
+) -> list[Submission | Exception]:
+    """Enqueue valid payloads in one round trip, each once and on its own.
+
+    Returns, in order, each payload's Submission, or the IdempotencyConflict or QueueFull
+    that refused it; a refusal of one never refuses another. Each job's request id is its
+    payload's requestId, else the batch's.
+    """
+    candidates = [
+        _candidate(connection, settings, payload, payload.get("requestId") or request_id,
+                   RENDER_FUNCTION)
+        for payload in payloads
+    ]
+    verdicts = admit_all(connection, candidates, settings.queue_max, queue_names(settings))
+    outcomes: list[Submission | Exception] = []
+    for candidate, verdict in zip(candidates, verdicts, strict=True):
+        try:
+            outcomes.append(_settled(connection, settings, candidate, verdict))
+        except (IdempotencyConflict, QueueFull) as refusal:
+            outcomes.append(refusal)
+    return outcomes
 
 
 def _priority(payload: dict[str, Any]) -> str:
     """Return the payload's priority, defaulting as the schema says."""
     return str(payload.get("priority", DEFAULT_PRIORITY))
+
+
+def _candidate(
+    connection: redis.Redis,
+    settings: Settings,
+    payload: dict[str, Any],
+    request_id: str | None,
+    function: str,
+) -> Candidate:
+    """Build a payload's job in process, with every policy attached, ready for admission."""
+    priority = _priority(payload)
+    queue = Queue(queue_name(settings, priority), connection=connection)
+    digest = content_digest(payload)
+    job = build_job(
+        queue,
+        function,
+        payload,
+        job_id=job_id_for(payload, settings.queue_name),
+        retry=retry_policy(settings),
+        timeout=settings.job_timeout,
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.failure_ttl,
+        description=f"preview of {payload.get('tutorialId')}",
+        meta={
+            "requestId": request_id or payload.get("requestId"),
+            "priority": priority,
+            "submittedAt": round(time.time(), 3),
+            "contentDigest": digest,
+            "progress": {"stage": "queued", "percent": 0},
+        },
+        on_success=Callback(hooks.on_success),
+        on_failure=Callback(hooks.on_failure),
+        on_stopped=Callback(hooks.on_stopped),
+    )
+    return Candidate(
+        job,
+        queue.name,
+        digest,
+        keyed=bool(payload.get("idempotencyKey")),
+        # The score is the time by which it must have started (see recovery: QueuedTooLong).
+        watch_until=time.time() + settings.queued_ttl,
+    )
+
+
+def _settled(
+    connection: redis.Redis,
+    settings: Settings,
+    candidate: Candidate,
+    verdict: Admission,
+    may_resubmit: bool = True,
+) -> Submission:
+    """Turn the script's verdict into a Submission, or raise the refusal it means."""
+    job_id = candidate.job.id
+    if verdict.verdict == "conflict":
+        raise IdempotencyConflict(job_id, verdict.status)
+    if verdict.verdict == "full":
+        raise QueueFull(int(verdict.status), settings.queue_max)
+    if verdict.verdict == "resubmit":
+        if may_resubmit:
+            return _resubmit(connection, settings, candidate)
+        # It ended again in the instant since the old one was deleted: leave it be.
+        return Submission(job_id, verdict.status, candidate.queue, duplicate=True)
+    return Submission(job_id, verdict.status, verdict.queue, verdict.verdict == "duplicate")
 
 
 def _fetch(connection: redis.Redis, job_id: str) -> Job | None:
@@ -181,96 +255,16 @@ def _fetch(connection: redis.Redis, job_id: str) -> Job | None:
         return None
 
 
-def _duplicate(connection: redis.Redis, job: Job, payload: dict[str, Any]) -> Submission:
-    """Answer a duplicate submission with the job that exists, or refuse other content."""
-    recorded = job.meta.get("contentDigest")  # None for jobs of an older release
-    if payload.get("idempotencyKey") and recorded not in (None, content_digest(payload)):
-        record_outcome(connection, job.origin, "rejected")
-        raise IdempotencyConflict(job.id, job.get_status().value)
-    record_outcome(connection, job.origin, "duplicate")
-    return Submission(job.id, job.get_status().value, job.origin, duplicate=True)
-
-
-def _enqueue(
-    connection: redis.Redis,
-    settings: Settings,
-    payload: dict[str, Any],
-    request_id: str | None,
-    job_id: str,
-    function: str,
-) -> Submission:
-    """Put a new job on its priority's queue, with every policy attached."""
-    priority = _priority(payload)
-    queue = Queue(queue_name(settings, priority), connection=connection)
-    # Tracked before it exists, so no moment passes when recovery could not see it. The
-    # score is the time by which it must have started (see recovery: QueuedTooLong).
-    connection.zadd(keys.ACCEPTED, {job_id: time.time() + settings.queued_ttl})
-    try:
-        job = _put_on_queue(queue, payload, request_id, job_id, function, settings)
-    except DuplicateJobError:
-        existing = _fetch(connection, job_id)
-        if existing is None:  # the other submission's job expired in between
-            return _enqueue(connection, settings, payload, request_id, job_id, function)
-        return _duplicate(connection, existing, payload)
-    except redis.ResponseError as error:
-        if is_refusal(error):
-            # Redis refused the job's writes: nothing was accepted, so nothing is tracked.
-            connection.zrem(keys.ACCEPTED, job_id)
-        raise
-    record_outcome(connection, queue.name, "enqueued")
-    return Submission(job.id, job.get_status(refresh=False).value, queue.name, duplicate=False)
-
-
-def _put_on_queue(
-    queue: Queue,
-    payload: dict[str, Any],
-    request_id: str | None,
-    job_id: str,
-    function: str,
-    settings: Settings,
-) -> Job:
-    """Enqueue the job with every policy attached; DuplicateJobError if its id is taken."""
-    priority = _priority(payload)
-    return queue.enqueue(
-        function,
-        payload,
-        job_id=job_id,
-        unique=True,  # concurrent duplicates: exactly one enqueue succeeds
-        retry=retry_policy(settings),
-        job_timeout=settings.job_timeout,
-        result_ttl=settings.result_ttl,
-        failure_ttl=settings.failure_ttl,
-        description=f"preview of {payload.get('tutorialId')}",
-        meta={
-            "requestId": request_id or payload.get("requestId"),
-            "priority": priority,
-            "submittedAt": round(time.time(), 3),
-            "contentDigest": content_digest(payload),  # a reused key must bring the same
-            "progress": {"stage": "queued", "percent": 0},
-        },
-        on_success=Callback(hooks.on_success),
-        on_failure=Callback(hooks.on_failure),
-        on_stopped=Callback(hooks.on_stopped),
-    )
-
-
-def _resubmit(
-    connection: redis.Redis,
-    settings: Settings,
-    payload: dict[str, Any],
-    request_id: str | None,
-    old: Job,
-    function: str,
-) -> Submission:
+def _resubmit(connection: redis.Redis, settings: Settings, candidate: Candidate) -> Submission:
     """Replace a dead-lettered, stopped or canceled job by a new attempt, exactly once."""
-    lock = connection.lock(keys.resubmit_lock_key(old.id), timeout=keys.RESUBMIT_LOCK_TTL)
+    job_id = candidate.job.id
+    lock = connection.lock(keys.resubmit_lock_key(job_id), timeout=keys.RESUBMIT_LOCK_TTL)
     with lock:
-        current = _fetch(connection, old.id)
-        if current is not None and current.get_status() not in RESUBMITTABLE:
-            return _duplicate(connection, current, payload)  # another won the lock first
-        if current is not None:
+        current = _fetch(connection, job_id)
+        if current is not None and current.get_status() in RESUBMITTABLE:
             current.delete()
-        return _enqueue(connection, settings, payload, request_id, old.id, function)
+        verdict = admit(connection, candidate, settings.queue_max, queue_names(settings))
+    return _settled(connection, settings, candidate, verdict, may_resubmit=False)
 
 
 def get_job(connection: redis.Redis, job_id: str) -> Job:

@@ -67,6 +67,8 @@ class Settings:
     failure_ttl: int = 604_800  # PREVIEW_FAILURE_TTL; seconds a dead letter is kept
     queued_ttl: int = 3_600  # PREVIEW_QUEUED_TTL; seconds a job may wait on its queue
     max_body_bytes: int = 1_048_576  # PREVIEW_MAX_BODY_BYTES; largest payload accepted
+    batch_max: int = 1_000  # PREVIEW_BATCH_MAX; most payloads in one batch submit
+    max_batch_bytes: int = 16_777_216  # PREVIEW_MAX_BATCH_BYTES; largest batch body accepted
     artifact_url_ttl: int = 3_600  # PREVIEW_ARTIFACT_URL_TTL; seconds a signed URL works
     log_level: str = "INFO"  # PREVIEW_LOG_LEVEL
 
@@ -270,6 +272,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         failure_ttl=read("PREVIEW_FAILURE_TTL", whole(1), defaults.failure_ttl),
         queued_ttl=read("PREVIEW_QUEUED_TTL", whole(1), defaults.queued_ttl),
         max_body_bytes=read("PREVIEW_MAX_BODY_BYTES", whole(1024), defaults.max_body_bytes),
+        batch_max=read("PREVIEW_BATCH_MAX", whole(1), defaults.batch_max),
+        max_batch_bytes=read("PREVIEW_MAX_BATCH_BYTES", whole(1024), defaults.max_batch_bytes),
         artifact_url_ttl=read("PREVIEW_ARTIFACT_URL_TTL", whole(1), defaults.artifact_url_ttl),
         log_level=read("PREVIEW_LOG_LEVEL", one_of(LOG_LEVELS), defaults.log_level),
     )

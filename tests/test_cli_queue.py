@@ -157,10 +157,10 @@ def test_health_command_exits_1_without_workers_and_0_with_one(
     assert json.loads(runner.invoke(cli, ["health"]).output)["ok"] is False
 
 
-def test_a_full_queue_stops_enqueue_naming_the_files_not_sent(
+def test_a_full_queue_refuses_files_in_enqueue_and_names_them(
     runner: CliRunner, service: dict[str, str], tmp_path: Path
 ) -> None:
-    """Given room for one job, enqueueing three files says which two were not sent."""
+    """Given room for one job, enqueueing three files says which two were not enqueued."""
     names = []
     for number in range(3):
         path = tmp_path / f"edit-{number}.json"
@@ -168,4 +168,4 @@ def test_a_full_queue_stops_enqueue_naming_the_files_not_sent(
         names.append(str(path))
     stopped = runner.invoke(cli, ["enqueue", *names], env={"PREVIEW_QUEUE_MAX": "1"})
     assert stopped.exit_code == 1
-    assert f"not sent: {names[1]} {names[2]}" in stopped.output
+    assert f"not enqueued: {names[1]} {names[2]}" in stopped.output

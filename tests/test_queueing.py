@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -9,10 +10,10 @@ from typing import Any
 
 import pytest
 import redis
-from rq import Queue
+from rq import Callback, Queue
 from rq.job import Job
 
-from preview_worker import dead_letters, queueing, retries
+from preview_worker import admission, dead_letters, hooks, queueing, retries
 from preview_worker.connections import connect
 from preview_worker.observe import figures, outcomes
 from preview_worker.render import preview_hash
@@ -260,3 +261,52 @@ def test_requeue_and_purge_every_dead_letter(
     in_process_worker(redis_client, settings)
     assert len(dead_letters.purge(redis_client, settings)) == 3
     assert dead_letters.list_dead_letters(redis_client, settings) == []
+
+
+def test_one_round_trip_submit_writes_the_job_queue_enqueue_writes(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    """A job submitted by our script has every hash field RQ's Queue.enqueue writes, equal."""
+    submitted = payload(priority="low", requestId="req-same")
+    ours = queueing.submit(redis_client, settings, submitted, "req-same")
+    theirs = Queue("low", connection=redis_client).enqueue(
+        queueing.RENDER_FUNCTION,
+        submitted,
+        job_id="made-by-rq",
+        unique=True,
+        retry=retries.retry_policy(settings),
+        job_timeout=settings.job_timeout,
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.failure_ttl,
+        description=f"preview of {submitted['tutorialId']}",
+        meta={
+            "requestId": "req-same",
+            "priority": "low",
+            "submittedAt": 0,
+            "contentDigest": queueing.content_digest(submitted),
+            "progress": {"stage": "queued", "percent": 0},
+        },
+        on_success=Callback(hooks.on_success),
+        on_failure=Callback(hooks.on_failure),
+        on_stopped=Callback(hooks.on_stopped),
+    )
+    mine = redis_client.hgetall(f"rq:job:{ours.job_id}")
+    rqs = redis_client.hgetall(f"rq:job:{theirs.id}")
+    # Ours holds one field more, the content digest its script compares for idempotency.
+    assert set(mine) - set(rqs) == {admission.DIGEST_FIELD.encode()}
+    assert set(rqs) <= set(mine)
+    moments = {b"created_at", b"enqueued_at"}
+    jittered = {b"retry_intervals"}  # each job draws its own back-off (see retries.py)
+    for field in sorted(set(rqs) - moments - jittered - {b"meta"}):
+        assert mine[field] == rqs[field], field
+    assert len(json.loads(mine[b"retry_intervals"])) == len(json.loads(rqs[b"retry_intervals"]))
+    our_job = Job.fetch(ours.job_id, connection=redis_client)
+    assert moments <= set(mine)  # when each was made: a moment apart
+    assert our_job.enqueued_at is not None and theirs.enqueued_at is not None
+    assert abs((our_job.enqueued_at - theirs.enqueued_at).total_seconds()) < 5
+    our_meta, their_meta = dict(our_job.meta), dict(theirs.meta)
+    assert our_meta.pop("submittedAt") > 0 and their_meta.pop("submittedAt") == 0
+    assert our_meta == their_meta
+    assert redis_client.ttl(f"rq:job:{ours.job_id}") == redis_client.ttl(f"rq:job:{theirs.id}")
+    assert redis_client.lrange("rq:queue:low", 0, -1) == [ours.job_id.encode(), b"made-by-rq"]
+    assert b"rq:queue:low" in redis_client.smembers("rq:queues")

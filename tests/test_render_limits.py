@@ -165,4 +165,4 @@ def test_a_render_spends_a_bounded_time_highlighting_all_its_blocks() -> None:
         page = render_files(render_input(slow))["index.html"].decode()
     assert time.monotonic() - started < 0.5 + 5.0
     assert budget.highlighting_left <= 0
-    assert page.count('<pre class="code" data-lang="c">') == 200
+    assert page.count('<pre class="code" dir="ltr" data-lang="c">') == 200

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
+from typing import Any
 
 from flask import Blueprint, Response, g, request, url_for
 from werkzeug.wsgi import wrap_file
@@ -11,7 +13,7 @@ from preview_worker import dead_letters, queueing
 from preview_worker.previews import UnknownArtifact, artifact_policy, open_artifact
 from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, first_problems, parse_payload
 from preview_worker.signing import link_artifacts
-from preview_worker.web.shared import answer, error_response, shared
+from preview_worker.web.shared import BATCH_OUTCOMES, answer, error_response, shared
 
 blueprint = Blueprint("preview", __name__)
 
@@ -29,6 +31,16 @@ def unknown_job(error: queueing.JobNotFound) -> Response:
     return error_response(404, "not_found", "no such job")
 
 
+def body_within(limit: int) -> bytes:
+    """Return the request's body, or raise PayloadTooLarge when its announced length is over.
+
+    The server stops reading a body past its route's limit, so what it announces decides.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(request.content_length, limit)
+    return request.get_data()
+
+
 @blueprint.post("/job")
 def submit_job() -> Response:
     """Validate a payload and enqueue it; ?dryRun=true validates only."""
@@ -36,7 +48,7 @@ def submit_job() -> Response:
         return error_response(415, "unsupported_media_type", "send the payload as application/json")
     settings = shared().settings
     try:
-        payload = parse_payload(request.get_data(), settings.max_body_bytes)
+        payload = parse_payload(body_within(settings.max_body_bytes), settings.max_body_bytes)
     except PayloadTooLarge as error:
         return error_response(413, "payload_too_large", str(error))
     except PayloadNotJSON as error:
@@ -66,6 +78,52 @@ def submit_job() -> Response:
         return response
     location = url_for("preview.job_status", job_id=submission.job_id)
     return answer(submission.as_dict(), 200 if submission.duplicate else 202, Location=location)
+
+
+@blueprint.post("/jobs")
+def submit_jobs() -> Response:
+    """Validate and enqueue many payloads at once; each is answered on its own, in order."""
+    if not request.is_json:
+        return error_response(415, "unsupported_media_type", "send the batch as application/json")
+    settings = shared().settings
+    try:
+        body = parse_payload(body_within(settings.max_batch_bytes), settings.max_batch_bytes)
+    except PayloadTooLarge as error:
+        return error_response(413, "payload_too_large", str(error))
+    except PayloadNotJSON as error:
+        return error_response(400, "bad_json", f"the body is {error}")
+    jobs = body.get("jobs") if isinstance(body, dict) and set(body) == {"jobs"} else None
+    if not isinstance(jobs, list) or not 1 <= len(jobs) <= settings.batch_max:
+        return error_response(
+            422, "invalid_batch",
+            f'send {{"jobs": [payload, ...]}} with 1 to {settings.batch_max} payloads',
+        )
+    answers: list[dict[str, Any]] = [{} for _ in jobs]
+    valid: list[int] = []
+    for index, item in enumerate(jobs):
+        found = first_problems(item)
+        if found.valid:
+            valid.append(index)
+        else:
+            answers[index] = {"outcome": "invalid", "problems": found.as_dicts(),
+                              "moreProblems": found.more}
+    results = queueing.submit_many(
+        shared().connection, settings, [jobs[index] for index in valid], g.request_id
+    )
+    for index, result in zip(valid, results, strict=True):
+        answers[index] = batch_item(result)
+    counts = Counter(item["outcome"] for item in answers)
+    return answer({"jobs": answers, "counts": {name: counts[name] for name in BATCH_OUTCOMES}})
+
+
+def batch_item(result: queueing.Submission | Exception) -> dict[str, Any]:
+    """Return one batch item's answer: its job, or why it was not enqueued."""
+    if isinstance(result, queueing.Submission):
+        outcome = "duplicate" if result.duplicate else "accepted"
+        return {"outcome": outcome, **result.as_dict()}
+    if isinstance(result, queueing.IdempotencyConflict):
+        return {"outcome": "conflict", "jobId": result.job_id, "message": str(result)}
+    return {"outcome": "refused", "reason": "queue_full", "message": str(result)}
 
 
 @blueprint.get("/job/<job_id>")

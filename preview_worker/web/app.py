@@ -55,7 +55,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     # A '//' in a path answers 404, not an HTML redirect to wherever the merged path leads.
     app.url_map.merge_slashes = False
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    # The largest body any route takes; each route holds its own body to its own limit.
+    largest = max(settings.max_body_bytes, settings.max_batch_bytes)
+    app.config.update(MAX_CONTENT_LENGTH=largest, JSON_SORT_KEYS=False)
     app.config.update(config)
     redis_url = app.config.get("REDIS_URL") or known_redis_url(settings)
     if not redis_url:

@@ -7,6 +7,10 @@ import functools
 from typing import Any
 
 from preview_worker.schema import load_schema
+from preview_worker.settings import Settings
+from preview_worker.web.shared import BATCH_OUTCOMES
+
+BATCH_MAX = Settings().batch_max  # the default; PREVIEW_BATCH_MAX may set another
 
 STATUSES = [
     "queued",
@@ -90,6 +94,41 @@ def _components() -> dict[str, Any]:
                     "status": {"enum": STATUSES},
                     "queue": {"type": "string"},
                     "duplicate": {"type": "boolean"},
+                },
+            },
+            "Batch": {
+                "type": "object",
+                "required": ["jobs"],
+                "additionalProperties": False,
+                # Items are checked one by one after the batch is taken: any JSON value here.
+                "properties": {"jobs": {"type": "array", "minItems": 1, "maxItems": BATCH_MAX}},
+            },
+            "BatchAnswer": {
+                "type": "object",
+                "required": ["jobs", "counts"],
+                "properties": {
+                    "jobs": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["outcome"],
+                            "properties": {
+                                "outcome": {"enum": list(BATCH_OUTCOMES)},
+                                "jobId": {"type": "string"},
+                                "status": {"enum": STATUSES},
+                                "queue": {"type": "string"},
+                                "duplicate": {"type": "boolean"},
+                                "problems": {"type": "array"},
+                                "moreProblems": {"type": "integer"},
+                                "reason": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        },
+                    },
+                    "counts": {
+                        "type": "object",
+                        "properties": {name: {"type": "integer"} for name in BATCH_OUTCOMES},
+                    },
                 },
             },
             "JobStatus": {
@@ -204,6 +243,24 @@ def _paths() -> dict[str, Any]:
                     "409": _error("the idempotency key was used for other content"),
                     "415": _error("not application/json"),
                     "422": _error("invalid payload"),
+                    **unauthorized,
+                    **unavailable,
+                },
+            }
+        },
+        "/api/preview/jobs": {
+            "post": {
+                "summary": "Submit many preview jobs; each item is answered on its own, in order",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Batch")}},
+                },
+                "responses": {
+                    "200": _json(_ref("BatchAnswer"), "each item's outcome, in order"),
+                    "400": _error("not JSON"),
+                    "413": _error("too large"),
+                    "415": _error("not application/json"),
+                    "422": _error("not a batch of 1 to PREVIEW_BATCH_MAX items"),
                     **unauthorized,
                     **unavailable,
                 },

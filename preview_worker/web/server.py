@@ -37,8 +37,9 @@ from granian.http import HTTP1Settings
 from granian.server.mp import MPServer, WorkerProcess
 
 from preview_worker.logs import FIELDS
+from preview_worker.signing import API_PREFIX
 from preview_worker.web.app import create_app
-from preview_worker.web.shared import REQUEST_ID
+from preview_worker.web.shared import REQUEST_ID, preview_of
 
 # prometheus_client's own switch for multiprocess metrics; its files live in this folder.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -248,10 +249,11 @@ class ReadFirst:
     """ASGI application that reads a request in full, then runs a WSGI application on it."""
 
     def __init__(self, app: WSGIApp, body_timeout: float, max_body: int,
-                 threads: int = THREADS) -> None:
+                 threads: int = THREADS, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.body_timeout = body_timeout
         self.max_body = max_body
+        self.larger = larger or {}  # path -> its own, larger body limit (the batch submit)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="flask")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -272,7 +274,10 @@ class ReadFirst:
         if target > MAX_REQUEST_TARGET:
             return envelope(414, "uri_too_long", "the request target is too long", headers)
         try:
-            body = await asyncio.wait_for(self.read_body(headers, receive), self.body_timeout)
+            limit = self.larger.get(scope.get("path", ""), self.max_body)
+            body = await asyncio.wait_for(
+                self.read_body(headers, receive, limit), self.body_timeout
+            )
         except asyncio.TimeoutError:
             return envelope(408, "request_timeout",
                             "the request body did not arrive in time", headers)
@@ -286,11 +291,11 @@ class ReadFirst:
         finally:
             body.file.close()
 
-    async def read_body(self, headers: dict[str, str], receive: Receive) -> Body:
+    async def read_body(self, headers: dict[str, str], receive: Receive, limit: int) -> Body:
         """Read a request's body up to one byte past the limit; past it, stop reading."""
         body = Body()
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
+        if length.isdigit() and int(length) > limit:
             return body  # Flask refuses it from its announced length, unread
         try:
             while True:
@@ -298,7 +303,7 @@ class ReadFirst:
                 if message["type"] == "http.disconnect":
                     raise Disconnected
                 body.write(message.get("body", b""))
-                if body.size > self.max_body or not message.get("more_body", False):
+                if body.size > limit or not message.get("more_body", False):
                     return body.rewound()
         except BaseException:
             body.file.close()
@@ -336,7 +341,11 @@ def load_application(target: str, body_timeout: float) -> ReadFirst:
     del target  # granian passes its target's name; the application is always ours
     app = create_app({"METRICS_MULTIPROCESS": True})  # sets the JSON log up, for access too
     access_log.setLevel(logging.INFO)
-    return ReadFirst(app.wsgi_app, body_timeout, int(app.config["MAX_CONTENT_LENGTH"]))
+    settings = preview_of(app).settings
+    return ReadFirst(
+        app.wsgi_app, body_timeout, settings.max_body_bytes,
+        larger={f"{API_PREFIX}/jobs": settings.max_batch_bytes},
+    )
 
 
 def forget_worker(pid: int | None) -> None:

@@ -51,3 +51,7 @@ def error_response(http_status: int, code: str, message: str, **extra: Any) -> R
     """Return the JSON error envelope every failed call answers with."""
     body = {"error": code, "message": message, "requestId": g.get("request_id"), **extra}
     return answer(body, http_status)
+
+
+# How each item of a batch submit ends, in the order its counts are listed.
+BATCH_OUTCOMES = ("accepted", "duplicate", "invalid", "conflict", "refused")
