@@ -50,6 +50,42 @@ def post(connection: http.client.HTTPConnection, data: bytes) -> float:
     return time.perf_counter() - start
 
 
+def post_batch(connection: http.client.HTTPConnection, numbers: list[int]) -> int:
+    """Submit distinct payloads in one batch; return how many were accepted."""
+    jobs = ",".join(body(number).decode() for number in numbers)
+    connection.request("POST", "/api/preview/jobs", f'{{"jobs": [{jobs}]}}'.encode(), {
+        "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}",
+    })
+    answer = connection.getresponse()
+    data = json.loads(answer.read())
+    if answer.status != 200:
+        raise RuntimeError(f"answer {answer.status}: {data}")
+    return int(data["counts"]["accepted"])
+
+
+def batch_rate(port: int, batches: int, size: int, threads: int,
+               numbers: itertools.count[int]) -> float:
+    """Send batches of distinct payloads from some threads; return jobs accepted per second."""
+    accepted: list[int] = []
+    lock = threading.Lock()
+    shares = [[[next(numbers) for _ in range(size)] for _ in range(batches // threads)]
+              for _ in range(threads)]
+
+    def run(share: list[list[int]]) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        done = sum(post_batch(connection, numbers) for numbers in share)
+        with lock:
+            accepted.append(done)
+
+    workers = [threading.Thread(target=run, args=(share,)) for share in shares]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(accepted) / (time.perf_counter() - start)
+
+
 def closed_loop(port: int, count: int, threads: int, numbers: itertools.count[int]) -> list[float]:
     """Send count submissions as fast as threads allow; return each one's latency."""
     latencies: list[float] = []
@@ -195,6 +231,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=1000)
     options = parser.parse_args()
     numbers = itertools.count()
     with EmbeddedRedis() as redis_server, tempfile.TemporaryDirectory() as data:
@@ -214,6 +252,8 @@ def main() -> None:
                 connections: wrk_run(port, script, connections, 8, run)
                 for run, connections in enumerate((8, 16, 32), start=1)
             } if script else {}
+            batch_rate(port, 2, options.batch_size, 2, numbers)  # warm up
+            batched = batch_rate(port, options.batches, options.batch_size, 2, numbers)
         finally:
             server.terminate()
             server.wait(30)
@@ -230,7 +270,11 @@ def main() -> None:
               f"   p50 {figures['p50']:6.1f} ms   p99 {figures['p99']:6.1f} ms")
     if not by_wrk:
         print("wrk is not installed (apt-get install wrk): no figures from a C client")
+    print(f"batches of {options.batch_size} over HTTP, 2 client threads, {options.batches} "
+          f"batches: {batched:7.0f} jobs/s ({batched / raw:.1f}x the raw loop)")
     print(f"raw Queue.enqueue loop, one process: {raw:7.0f}/s")
+    if by_wrk:
+        print(f"wrk at 8 connections / raw loop: {by_wrk[8]['rate'] / raw:.2f}x")
 
 
 if __name__ == "__main__":

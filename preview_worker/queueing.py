@@ -104,15 +104,16 @@ def register_queues(connection: redis.Redis, settings: Settings) -> None:
     connection.sadd(keys.RQ_QUEUES, *[keys.queue_key(name) for name in queue_names(settings)])
 
 
-def job_id_for(payload: dict[str, Any], namespace: str = "") -> str:
+def job_id_for(payload: dict[str, Any], namespace: str = "", digest: str | None = None) -> str:
     """Return the job id: the idempotency key, else a digest of what the payload renders.
 
-    namespace (PREVIEW_QUEUE_NAME) keeps the jobs of apps that share one Redis apart.
+    namespace (PREVIEW_QUEUE_NAME) keeps the jobs of apps that share one Redis apart; digest
+    is the payload's content_digest when the caller has it already.
     """
     if payload.get("idempotencyKey"):
         key = str(payload["idempotencyKey"])
     else:
-        key = "preview-" + content_digest(payload)[:40]
+        key = "preview-" + (digest or content_digest(payload))[:40]
     return f"{namespace}-{key}" if namespace else key
 
 
@@ -199,7 +200,7 @@ def _candidate(
         queue,
         function,
         payload,
-        job_id=job_id_for(payload, settings.queue_name),
+        job_id=job_id_for(payload, settings.queue_name, digest),
         retry=retry_policy(settings),
         timeout=settings.job_timeout,
         result_ttl=settings.result_ttl,

@@ -31,28 +31,44 @@ def unknown_job(error: queueing.JobNotFound) -> Response:
     return error_response(404, "not_found", "no such job")
 
 
-def body_within(limit: int) -> bytes:
-    """Return the request's body, or raise PayloadTooLarge when its announced length is over.
+class BodyRefused(Exception):
+    """A request body that is not JSON within its limit; the answer says why."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+@blueprint.errorhandler(BodyRefused)
+def refused_body(error: BodyRefused) -> Response:
+    """Answer a refused body with its own error envelope."""
+    return error.response
+
+
+def json_body(limit: int, what: str) -> Any:
+    """Return the request's body parsed as strict JSON, or raise BodyRefused (415, 413, 400).
 
     The server stops reading a body past its route's limit, so what it announces decides.
     """
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(request.content_length, limit)
-    return request.get_data()
+    if not request.is_json:
+        raise BodyRefused(error_response(
+            415, "unsupported_media_type", f"send the {what} as application/json"
+        ))
+    try:
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(request.content_length, limit)
+        return parse_payload(request.get_data(), limit)
+    except PayloadTooLarge as error:
+        raise BodyRefused(error_response(413, "payload_too_large", str(error))) from None
+    except PayloadNotJSON as error:
+        raise BodyRefused(error_response(400, "bad_json", f"the body is {error}")) from None
 
 
 @blueprint.post("/job")
 def submit_job() -> Response:
     """Validate a payload and enqueue it; ?dryRun=true validates only."""
-    if not request.is_json:
-        return error_response(415, "unsupported_media_type", "send the payload as application/json")
     settings = shared().settings
-    try:
-        payload = parse_payload(body_within(settings.max_body_bytes), settings.max_body_bytes)
-    except PayloadTooLarge as error:
-        return error_response(413, "payload_too_large", str(error))
-    except PayloadNotJSON as error:
-        return error_response(400, "bad_json", f"the body is {error}")
+    payload = json_body(settings.max_body_bytes, "payload")
     found = first_problems(payload)
     if not found.valid:
         message = "the payload is invalid"
@@ -83,15 +99,8 @@ def submit_job() -> Response:
 @blueprint.post("/jobs")
 def submit_jobs() -> Response:
     """Validate and enqueue many payloads at once; each is answered on its own, in order."""
-    if not request.is_json:
-        return error_response(415, "unsupported_media_type", "send the batch as application/json")
     settings = shared().settings
-    try:
-        body = parse_payload(body_within(settings.max_batch_bytes), settings.max_batch_bytes)
-    except PayloadTooLarge as error:
-        return error_response(413, "payload_too_large", str(error))
-    except PayloadNotJSON as error:
-        return error_response(400, "bad_json", f"the body is {error}")
+    body = json_body(settings.max_batch_bytes, "batch")
     jobs = body.get("jobs") if isinstance(body, dict) and set(body) == {"jobs"} else None
     if not isinstance(jobs, list) or not 1 <= len(jobs) <= settings.batch_max:
         return error_response(
