@@ -32,6 +32,11 @@ def is_refusal(error: redis.RedisError) -> bool:
     if isinstance(error, (redis.exceptions.OutOfMemoryError, redis.ReadOnlyError)):
         return True
     reason = str(error).removeprefix("Transaction discarded because of: ")
+    # A script's refused write comes wrapped: "Error running script (...): @user_script:24:
+    # ... -OOM command not allowed...". Our scripts write only after every check, so a
+    # refusal of their first write changed nothing either.
+    if reason.startswith("Error running script"):
+        reason = reason.rpartition(": -")[2]
     return isinstance(error, redis.ResponseError) and reason.startswith(REFUSALS)
 
 
