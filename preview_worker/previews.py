@@ -160,13 +160,13 @@ def _render_and_store(
     """Render a payload's artifacts and put them in the store, or describe a dry run's."""
     preview = render_input(payload)
     digest = preview_hash(preview)
-    warnings = render_warnings(preview)
     if payload.get("dryRun") is True:
         files = render_files(preview, check)
         listed = [describe(name, data) for name, data in files.items()]
-        return StoredPreview(digest, listed, dry_run=True, warnings=warnings)
+        return StoredPreview(digest, listed, dry_run=True, warnings=render_warnings(preview))
     if store.exists(digest):
-        return stored_preview(store, digest)
+        return stored_preview(store, digest)  # its warnings come from its manifest
+    warnings = render_warnings(preview)
     files = render_files(preview, check)
     listed = [describe(name, data) for name, data in files.items()]
     check("write")
