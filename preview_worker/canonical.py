@@ -28,7 +28,16 @@ def canonical_value(data: Any) -> Any:
 
 def canonical_text(data: Any) -> str:
     """Return the one JSON text of some data: canonical numbers, sorted keys, no spaces."""
-    return _ENCODER.encode(canonical_value(data))
+    text = _ENCODER.encode(data)
+    floats: list[str] = []
+
+    def number(found: str) -> int | float:
+        floats.append(found)
+        return _number(found)
+
+    value = json.loads(text, parse_float=number)
+    # Without a float the sorted text is canonical already (payloads seldom hold one).
+    return _ENCODER.encode(value) if floats else text
 
 
 def canonical_json(data: Any) -> bytes:

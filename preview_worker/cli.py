@@ -294,7 +294,7 @@ def health(settings: Settings) -> None:
 @cli.command()
 @click.option("--bind", help="host:port to serve on [PREVIEW_BIND, 127.0.0.1:8000].")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
-              help="Server processes (each runs Flask on 4 threads).")
+              help="Server processes (each runs Flask on 2 threads).")
 @click.option("--header-timeout", type=click.FloatRange(0, 60, min_open=True), default=10.0,
               show_default=True, help="Seconds a client has to send a request's headers.")
 @click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=20.0,

@@ -32,6 +32,9 @@ def is_refusal(error: redis.RedisError) -> bool:
     if isinstance(error, (redis.exceptions.OutOfMemoryError, redis.ReadOnlyError)):
         return True
     reason = str(error).removeprefix("Transaction discarded because of: ")
+    # A pipeline names the command that failed: "Command # 1 (EVALSHA ...) of pipeline
+    # caused error: <what Redis said>".
+    reason = reason.partition(" of pipeline caused error: ")[2] or reason
     # A script's refused write comes wrapped: "Error running script (...): @user_script:24:
     # ... -OOM command not allowed...". Our scripts write only after every check, so a
     # refusal of their first write changed nothing either.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from typing import Any
 
@@ -16,10 +17,10 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from preview_worker import hooks, keys
-from preview_worker.admission import Admission, Candidate, admit, admit_all, build_job
+from preview_worker.admission import Admission, Candidate, JobTemplate, admit, admit_all
 from preview_worker.canonical import canonical_json
 from preview_worker.observe.outcomes import end_key_of, forget, record_end
-from preview_worker.retries import retry_policy
+from preview_worker.retries import backoff_delays, retry_policy
 from preview_worker.schema import default_of
 from preview_worker.settings import Settings
 
@@ -148,7 +149,7 @@ def submit(
     function names what workers run; only benchmarks and tests pass another than the render.
     Raises IdempotencyConflict or QueueFull, having enqueued nothing.
     """
-    candidate = _candidate(connection, settings, payload, request_id, function)
+    candidate = _candidate(settings, payload, request_id, function)
     verdict = admit(connection, candidate, settings.queue_max, queue_names(settings))
     return _settled(connection, settings, candidate, verdict)
 
@@ -166,8 +167,7 @@ def submit_many(
     payload's requestId, else the batch's.
     """
     candidates = [
-        _candidate(connection, settings, payload, payload.get("requestId") or request_id,
-                   RENDER_FUNCTION)
+        _candidate(settings, payload, payload.get("requestId") or request_id, RENDER_FUNCTION)
         for payload in payloads
     ]
     verdicts = admit_all(connection, candidates, settings.queue_max, queue_names(settings))
@@ -185,42 +185,51 @@ def _priority(payload: dict[str, Any]) -> str:
     return str(payload.get("priority", DEFAULT_PRIORITY))
 
 
+@lru_cache(maxsize=64)
+def job_template(queue: str, function: str, settings: Settings) -> JobTemplate:
+    """Return what every job of a queue shares, made by RQ once per process and settings."""
+    return JobTemplate(
+        # The template never talks to Redis; RQ's Queue only wants a connection to hold.
+        Queue(queue, connection=redis.Redis()),
+        function,
+        retry=retry_policy(settings),
+        timeout=settings.job_timeout,
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.failure_ttl,
+        on_success=Callback(hooks.on_success),
+        on_failure=Callback(hooks.on_failure),
+        on_stopped=Callback(hooks.on_stopped),
+    )
+
+
 def _candidate(
-    connection: redis.Redis,
     settings: Settings,
     payload: dict[str, Any],
     request_id: str | None,
     function: str,
 ) -> Candidate:
-    """Build a payload's job in process, with every policy attached, ready for admission."""
+    """Make a payload's job record, with every policy attached, ready for admission."""
     priority = _priority(payload)
-    queue = Queue(queue_name(settings, priority), connection=connection)
+    template = job_template(queue_name(settings, priority), function, settings)
     digest = content_digest(payload)
-    job = build_job(
-        queue,
-        function,
-        payload,
-        job_id=job_id_for(payload, settings.queue_name, digest),
-        retry=retry_policy(settings),
-        timeout=settings.job_timeout,
-        result_ttl=settings.result_ttl,
-        failure_ttl=settings.failure_ttl,
-        description=f"preview of {payload.get('tutorialId')}",
-        meta={
-            "requestId": request_id or payload.get("requestId"),
-            "priority": priority,
-            "submittedAt": round(time.time(), 3),
-            "contentDigest": digest,
-            "progress": {"stage": "queued", "percent": 0},
-        },
-        on_success=Callback(hooks.on_success),
-        on_failure=Callback(hooks.on_failure),
-        on_stopped=Callback(hooks.on_stopped),
-    )
+    meta = {
+        "requestId": request_id or payload.get("requestId"),
+        "priority": priority,
+        "submittedAt": round(time.time(), 3),
+        "contentDigest": digest,
+        "progress": {"stage": "queued", "percent": 0},
+    }
+    # Each job draws its own back-off, so jobs that fail together retry apart.
+    intervals = backoff_delays(settings) if settings.retry_max else None
     return Candidate(
-        job,
-        queue.name,
-        digest,
+        job_id=job_id_for(payload, settings.queue_name, digest),
+        queue=template.queue,
+        fields=template.own_fields(
+            payload, f"preview of {payload.get('tutorialId')}", meta, intervals
+        ),
+        shared=template.shared,
+        ttl=template.ttl,
+        digest=digest,
         keyed=bool(payload.get("idempotencyKey")),
         # The score is the time by which it must have started (see recovery: QueuedTooLong).
         watch_until=time.time() + settings.queued_ttl,
@@ -235,7 +244,7 @@ def _settled(
     may_resubmit: bool = True,
 ) -> Submission:
     """Turn the script's verdict into a Submission, or raise the refusal it means."""
-    job_id = candidate.job.id
+    job_id = candidate.job_id
     if verdict.verdict == "conflict":
         raise IdempotencyConflict(job_id, verdict.status)
     if verdict.verdict == "full":
@@ -258,7 +267,7 @@ def _fetch(connection: redis.Redis, job_id: str) -> Job | None:
 
 def _resubmit(connection: redis.Redis, settings: Settings, candidate: Candidate) -> Submission:
     """Replace a dead-lettered, stopped or canceled job by a new attempt, exactly once."""
-    job_id = candidate.job.id
+    job_id = candidate.job_id
     lock = connection.lock(keys.resubmit_lock_key(job_id), timeout=keys.RESUBMIT_LOCK_TTL)
     with lock:
         current = _fetch(connection, job_id)

@@ -8,6 +8,8 @@ from rq import Retry
 
 from preview_worker.settings import Settings
 
+_DRAW = random.Random()  # seeded once: seeding from the OS on every job costs more than the draw
+
 
 def backoff_delays(settings: Settings, rng: random.Random | None = None) -> list[int]:
     """Return the gap before each retry: doubling from the base delay, capped, jittered.
@@ -15,7 +17,7 @@ def backoff_delays(settings: Settings, rng: random.Random | None = None) -> list
     Jitter is "equal jitter": each gap is drawn from [half, all] of its exponential value,
     so gaps still grow while retries of many jobs that failed together spread out.
     """
-    draw = rng or random.Random()
+    draw = rng or _DRAW
     delays = []
     for attempt in range(settings.retry_max):
         ceiling = min(settings.retry_max_delay, settings.retry_base_delay * 2**attempt)

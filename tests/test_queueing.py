@@ -263,12 +263,19 @@ def test_requeue_and_purge_every_dead_letter(
     assert dead_letters.list_dead_letters(redis_client, settings) == []
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["submit", "batch"])
 def test_one_round_trip_submit_writes_the_job_queue_enqueue_writes(
-    redis_client: redis.Redis, settings: Settings
+    redis_client: redis.Redis, settings: Settings, batched: bool
 ) -> None:
     """A job submitted by our script has every hash field RQ's Queue.enqueue writes, equal."""
     submitted = payload(priority="low", requestId="req-same")
-    ours = queueing.submit(redis_client, settings, submitted, "req-same")
+    if batched:  # the second of a batch, beside a job of another queue
+        others = [payload(priority="high", revision=7), submitted]
+        made = queueing.submit_many(redis_client, settings, others, "req-other")[1]
+        assert isinstance(made, queueing.Submission)
+        ours = made
+    else:
+        ours = queueing.submit(redis_client, settings, submitted, "req-same")
     theirs = Queue("low", connection=redis_client).enqueue(
         queueing.RENDER_FUNCTION,
         submitted,

@@ -72,6 +72,12 @@ def test_submissions_to_a_full_redis_answer_503_and_change_nothing(
     assert [answer.status_code for answer in answers] == [503] * 50
     assert all(answer.get_json()["error"] == "unavailable" for answer in answers)
     assert all(answer.headers["Retry-After"] == "5" for answer in answers)
+    # A batch long enough for several script calls: refused whole, as one submission is.
+    batch = client.post(
+        "/api/preview/jobs", json={"jobs": [payload(revision=n) for n in range(100, 600)]},
+        headers=headers,
+    )
+    assert batch.status_code == 503 and batch.get_json()["error"] == "unavailable"
     assert full_redis.snapshot() == before  # nothing accepted, nothing half-written
     # A duplicate of the accepted job still answers, as it writes nothing new.
     duplicate = client.post("/api/preview/job", json=payload(), headers=headers)

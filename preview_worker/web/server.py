@@ -44,7 +44,10 @@ from preview_worker.web.shared import REQUEST_ID, preview_of
 # prometheus_client's own switch for multiprocess metrics; its files live in this folder.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
-THREADS = 4  # Python threads per process that run Flask on complete requests
+# Python threads per process that run Flask on complete requests. Two, not more: each
+# thread more contends for the GIL with the event loop (wrk, 8 connections: 654-727/s with
+# four, 687-946/s with two), while a long request (a batch) still leaves one free.
+THREADS = 2
 STOP_TIMEOUT = 25  # seconds a stopping worker may take to finish its requests, then killed
 MAX_REQUEST_TARGET = 4094  # bytes of path and query; a longer one answers 414
 MAX_HEADER_TIMEOUT = 60.0  # granian takes at most 60 s (the defaults are the command's)
