@@ -56,29 +56,35 @@ local counts, pushed, replies = {}, {}, {}
 local function count(name)
   counts[name] = (counts[name] or 0) + 1
 end
+local function reply(verdict, status, queue)
+  table.insert(replies, verdict)
+  table.insert(replies, status)
+  table.insert(replies, queue)
+end
 local key, cursor = 4 + queues, 5 + shared_count
 while cursor <= #ARGV do
   local job_key, queue_key = KEYS[key], KEYS[key + 1]
-  local id, queue, deadline, digest = ARGV[cursor], ARGV[cursor + 1], ARGV[cursor + 2], ARGV[cursor + 3]
-  local keyed, ttl, own = ARGV[cursor + 4], tonumber(ARGV[cursor + 5]), tonumber(ARGV[cursor + 6])
+  local id, queue, deadline = ARGV[cursor], ARGV[cursor + 1], ARGV[cursor + 2]
+  local digest, keyed = ARGV[cursor + 3], ARGV[cursor + 4]
+  local ttl, own = tonumber(ARGV[cursor + 5]), tonumber(ARGV[cursor + 6])
   local first = cursor + 7
   key, cursor = key + 2, first + own
   local status = redis.call('HGET', job_key, 'status')
   if status == 'failed' or status == 'stopped' or status == 'canceled' then
-    table.insert(replies, 'resubmit'); table.insert(replies, status); table.insert(replies, queue)
+    reply('resubmit', status, queue)
   elseif status then
     local origin = redis.call('HGET', job_key, 'origin') or queue
     local stored = redis.call('HGET', job_key, digest_field)
     if keyed == '1' and stored and stored ~= digest then
       count(origin .. '|rejected')
-      table.insert(replies, 'conflict'); table.insert(replies, status); table.insert(replies, origin)
+      reply('conflict', status, origin)
     else
       count(origin .. '|duplicate')
-      table.insert(replies, 'duplicate'); table.insert(replies, status); table.insert(replies, origin)
+      reply('duplicate', status, origin)
     end
   elseif queued >= limit then
     count(queue .. '|rejected')
-    table.insert(replies, 'full'); table.insert(replies, tostring(queued)); table.insert(replies, queue)
+    reply('full', tostring(queued), queue)
   else
     redis.call('ZADD', KEYS[2], deadline, id)
     redis.call('HSET', job_key, digest_field, digest, unpack(shared))
@@ -92,7 +98,7 @@ while cursor <= #ARGV do
     pushed[queue_key] = true
     queued = queued + 1
     count(queue .. '|enqueued')
-    table.insert(replies, 'enqueued'); table.insert(replies, 'queued'); table.insert(replies, queue)
+    reply('enqueued', 'queued', queue)
   end
 end
 for queue_key in pairs(pushed) do
@@ -141,7 +147,7 @@ class JobTemplate:
         retry_intervals: list[int] | None,
     ) -> list[Any]:
         """Return one job's own hash fields, as Job.to_dict writes them."""
-        call = (self.function, None, (payload,), {})
+        call: tuple[Any, ...] = (self.function, None, (payload,), {})
         fields = ["data", zlib.compress(self.dumps(call)), "meta", self.dumps(meta),
                   "description", description]
         if retry_intervals is not None:
