@@ -19,7 +19,7 @@ import pytest
 from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
-from preview_worker.render import fonts, highlight, render_input, render_preview_files
+from preview_worker.render import fonts, highlight, render_input, render_preview_files, reuse
 from preview_worker.render.textlayout import ELLIPSIS, pieces, wrap
 from preview_worker.render.theme import THEMES
 
@@ -86,6 +86,7 @@ def forget_caches() -> None:
     fonts.clear_caches()
     highlight.lexer_for.cache_clear()
     highlight.token_css.cache_clear()
+    reuse.clear_all()
 
 
 # Determinism

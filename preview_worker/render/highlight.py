@@ -14,7 +14,7 @@ from pygments.lexer import Lexer
 from pygments.lexers import get_lexer_by_name
 from pygments.token import _TokenType
 
-from preview_worker.render import limits
+from preview_worker.render import limits, reuse
 
 CODE_CLASS = "code"  # the class of every <pre> holding code; token styles are scoped to it
 
@@ -78,22 +78,38 @@ def _highlighted(source: str, lexer: Lexer) -> str:
     """Return the source highlighted, or escaped when highlighting it takes too long."""
     budget = limits.current()
     if budget.highlighting_left <= 0:
+        budget.plain_blocks += 1
         return html.escape(source, quote=False)  # this render spent its highlighting time
     output = io.StringIO()
     started = time.monotonic()
     try:
         _FORMATTER.format(_timed(lexer.get_tokens(source), budget), output)
     except _TooSlowToHighlight:
+        budget.plain_blocks += 1
         return html.escape(source, quote=False)
     finally:
         budget.highlighting_left -= time.monotonic() - started
     return output.getvalue()
 
 
+def _reused_highlight(source: str, language: str, lexer: Lexer) -> str:
+    """Return the source highlighted, from an earlier render of the same code when there is one."""
+    budget = limits.current()
+    plain_before = budget.plain_blocks
+    return reuse.CODE.remember(
+        reuse.content_key(language.strip().lower(), source),
+        lambda: _highlighted(source, lexer),
+        exact=lambda: budget.plain_blocks == plain_before,
+    )
+
+
 def highlight_code(source: str, language: str) -> str:
     """Return a <pre> element with the source highlighted, or escaped when no lexer fits."""
     lexer = lexer_for(language)
-    body = html.escape(source, quote=False) if lexer is None else _highlighted(source, lexer)
+    body = (
+        html.escape(source, quote=False) if lexer is None
+        else _reused_highlight(source, language, lexer)
+    )
     name = language.strip()[:32]
     label = f' data-lang="{html.escape(name)}"' if name else ""
     # Code reads left to right on every page, a right-to-left one too.

@@ -54,6 +54,9 @@ class Budget:
         self.deadline = time.monotonic() + limits.seconds
         self.spent = 0  # characters of the page committed so far
         self.highlighting_left = limits.highlight_total_seconds  # seconds, for every block
+        # Code blocks shown plain for lack of time: what they show depends on the clock, so
+        # nothing rendered with one may be reused (see reuse.py).
+        self.plain_blocks = 0
         self.interrupt = interrupt
 
     def __repr__(self) -> str:

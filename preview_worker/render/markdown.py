@@ -14,7 +14,7 @@ from markdown_it.renderer import RendererHTML
 from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
-from preview_worker.render import limits
+from preview_worker.render import limits, reuse
 from preview_worker.render.highlight import highlight_code
 
 LINK_SCHEMES = frozenset({"http", "https", "mailto"})
@@ -138,6 +138,17 @@ def markdown_parser() -> MarkdownIt:
 
 
 def render_markdown(text: str) -> str:
+    """Return the HTML of a step's Markdown body, from an earlier render when there is one."""
+    budget = limits.current()
+    plain_before = budget.plain_blocks
+    return reuse.MARKDOWN.remember(
+        reuse.content_key(text),
+        lambda: _rendered_markdown(text),
+        exact=lambda: budget.plain_blocks == plain_before,
+    )
+
+
+def _rendered_markdown(text: str) -> str:
     """Return the HTML of a step's Markdown body, its headings placed below the step's."""
     parser = markdown_parser()
     tokens = parser.parse(text)

@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from preview_worker.render import bidi, fonts
+from preview_worker.render import bidi, fonts, reuse
 from preview_worker.render.model import RenderInput
 from preview_worker.render.textlayout import wrap, wrap_or_cut
 from preview_worker.render.theme import Theme, theme_named
@@ -197,4 +197,11 @@ def encode_png(image: Image.Image) -> bytes:
 
 def render_thumbnail(preview: RenderInput) -> bytes:
     """Return the thumbnail of a preview as PNG bytes, the same bytes for the same preview."""
-    return encode_png(draw_thumbnail(preview))
+    # What the thumbnail shows: an edit of a step's body or code leaves it as it was.
+    key = reuse.content_key(
+        preview.title, preview.summary, preview.steps_label, preview.language,
+        preview.theme, preview.width, preview.height,
+    )
+    return reuse.THUMBNAILS.remember(
+        key, lambda: encode_png(draw_thumbnail(preview)), exact=lambda: True
+    )

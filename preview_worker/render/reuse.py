@@ -1,0 +1,108 @@
+"""Parts of earlier renders kept by content, so an edited tutorial re-renders only what changed.
+
+An author edits one step and resubmits: the thumbnail (title, summary, step count, theme,
+size, language) and every other step's Markdown and highlighted code are the same as last
+time. Each worker process keeps what it rendered in bounded maps keyed by a digest of the
+inputs; nothing is shared between processes, so nothing needs locking or invalidating
+beyond the renderer's own version. A part is kept only when rendering it was exact: a code
+block shown plain because its time ran out depends on the clock, not on its content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+Value = TypeVar("Value", str, bytes)
+
+MIB = 1024 * 1024
+
+
+def content_key(*parts: str | int) -> bytes:
+    """Return a short digest of some inputs: what a cache is keyed by (never the inputs)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        data = str(part).encode("utf-8", "surrogatepass")
+        # Each part's length first, so ("ab", "c") and ("a", "bc") never share a key.
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.digest()
+
+
+class ContentCache(Generic[Value]):
+    """A map from content digests to rendered parts, least recently used out first.
+
+    Bounded by count and by size (characters of text, bytes of images); a part larger than
+    an eighth of the size bound is never kept, so one huge step cannot empty the cache.
+    """
+
+    def __init__(self, name: str, max_items: int, max_size: int) -> None:
+        self.name = name
+        self.max_items = max_items
+        self.max_size = max_size
+        self.size = 0
+        self.hits = 0
+        self.misses = 0
+        self._parts: OrderedDict[bytes, Value] = OrderedDict()
+        self._lock = threading.Lock()  # a worker renders on one thread; a test may on more
+
+    def __len__(self) -> int:
+        """Return how many parts are kept."""
+        return len(self._parts)
+
+    def get(self, key: bytes) -> Value | None:
+        """Return the part kept under a key, or None; a hit becomes the most recent."""
+        with self._lock:
+            part = self._parts.get(key)
+            if part is None:
+                self.misses += 1
+                return None
+            self._parts.move_to_end(key)
+            self.hits += 1
+            return part
+
+    def put(self, key: bytes, part: Value) -> None:
+        """Keep a part under a key, letting the least recently used go past the bounds."""
+        if self.max_items <= 0 or len(part) > self.max_size // 8:
+            return
+        with self._lock:
+            if key in self._parts:
+                return
+            self._parts[key] = part
+            self.size += len(part)
+            while len(self._parts) > self.max_items or self.size > self.max_size:
+                _, dropped = self._parts.popitem(last=False)
+                self.size -= len(dropped)
+
+    def clear(self) -> None:
+        """Forget every part and the counts."""
+        with self._lock:
+            self._parts.clear()
+            self.size = self.hits = self.misses = 0
+
+    def remember(self, key: bytes, make: Callable[[], Value], exact: Callable[[], bool]) -> Value:
+        """Return the part under key, else make it, keeping it when exact() says it may be."""
+        part = self.get(key)
+        if part is None:
+            part = make()
+            if exact():
+                self.put(key, part)
+        return part
+
+
+# The bounds of one worker process: a full payload's page is about 100 KB of Markdown and
+# code, a thumbnail about 40 KB of PNG. 64 thumbnails and 4,096 fragments hold the recent
+# tutorials of a busy editor team in well under 100 MiB.
+THUMBNAILS: ContentCache[bytes] = ContentCache("thumbnails", 64, 16 * MIB)
+MARKDOWN: ContentCache[str] = ContentCache("markdown", 4096, 32 * MIB)
+CODE: ContentCache[str] = ContentCache("code", 4096, 32 * MIB)
+CACHES = (THUMBNAILS, MARKDOWN, CODE)
+
+
+def clear_all() -> None:
+    """Empty every cache of this process: the next render is a cold one."""
+    for cache in CACHES:
+        cache.clear()
