@@ -15,7 +15,7 @@ from preview_worker.render.reuse import ContentCache, content_key
 from .conftest import load_payload
 
 FULL = "preview_payload_full.json"
-Edit = Callable[[dict[str, Any]], None]
+Edit = Callable[[dict[str, Any]], object]  # edits in place; what it returns is ignored
 
 
 @pytest.fixture(autouse=True)
