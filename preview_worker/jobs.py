@@ -9,6 +9,7 @@ from rq import get_current_job
 
 from preview_worker import progress
 from preview_worker.previews import build_preview, limits_of
+from preview_worker.render import reuse
 from preview_worker.render.limits import Budget
 from preview_worker.settings import get_settings
 from preview_worker.store import store_for
@@ -25,6 +26,7 @@ def render_preview(payload: dict[str, Any]) -> dict[str, Any]:
     log.info("rendering the preview of %s", payload.get("tutorialId"))
     progress.begin_attempt(job)
     settings = get_settings()
+    reuse.configure(settings.render_cache_mb)  # the same bounds every job: a no-op after the first
     stored = build_preview(
         store_for(settings),
         payload,

@@ -70,6 +70,9 @@ class Settings:
     batch_max: int = 1_000  # PREVIEW_BATCH_MAX; most payloads in one batch submit
     max_batch_bytes: int = 16_777_216  # PREVIEW_MAX_BATCH_BYTES; largest batch body accepted
     artifact_url_ttl: int = 3_600  # PREVIEW_ARTIFACT_URL_TTL; seconds a signed URL works
+    # PREVIEW_RENDER_CACHE_MB; MiB each worker process keeps of earlier renders (thumbnails,
+    # Markdown, highlighted code) for resubmitted edits; 0 turns the reuse off
+    render_cache_mb: int = 64
     log_level: str = "INFO"  # PREVIEW_LOG_LEVEL
 
     @property
@@ -274,6 +277,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=read("PREVIEW_MAX_BODY_BYTES", whole(1024), defaults.max_body_bytes),
         batch_max=read("PREVIEW_BATCH_MAX", whole(1), defaults.batch_max),
         max_batch_bytes=read("PREVIEW_MAX_BATCH_BYTES", whole(1024), defaults.max_batch_bytes),
+        render_cache_mb=read("PREVIEW_RENDER_CACHE_MB", whole(0), defaults.render_cache_mb),
         artifact_url_ttl=read("PREVIEW_ARTIFACT_URL_TTL", whole(1), defaults.artifact_url_ttl),
         log_level=read("PREVIEW_LOG_LEVEL", one_of(LOG_LEVELS), defaults.log_level),
     )

@@ -154,3 +154,21 @@ def test_keys_tell_apart_parts_that_join_to_the_same_text() -> None:
     assert content_key("ab", "c") != content_key("a", "bc")
     assert content_key("python", "x") != content_key("python ", "x")
     assert content_key("a", 1) == content_key("a", "1")  # a number keys as its text
+
+
+def test_a_budget_of_zero_turns_reuse_off_and_the_bounds_follow_the_setting() -> None:
+    """Given PREVIEW_RENDER_CACHE_MB=0, nothing is kept; given 4, the caches hold about 4 MiB."""
+    payload = load_payload(FULL)
+    try:
+        reuse.configure(0)
+        render(payload)
+        render(payload)
+        assert [len(cache) for cache in reuse.CACHES] == [0, 0, 0]
+        assert reuse.THUMBNAILS.hits == 0
+        reuse.configure(4)
+        assert sum(cache.max_size for cache in reuse.CACHES) == 4 * reuse.MIB
+        render(payload)
+        render(payload)
+        assert reuse.THUMBNAILS.hits == 1 and len(reuse.MARKDOWN) > 0
+    finally:
+        reuse.configure(reuse.DEFAULT_MIB)

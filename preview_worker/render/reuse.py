@@ -93,13 +93,29 @@ class ContentCache(Generic[Value]):
         return part
 
 
-# The bounds of one worker process: a full payload's page is about 100 KB of Markdown and
-# code, a thumbnail about 40 KB of PNG. 64 thumbnails and 4,096 fragments hold the recent
-# tutorials of a busy editor team in well under 100 MiB.
-THUMBNAILS: ContentCache[bytes] = ContentCache("thumbnails", 64, 16 * MIB)
-MARKDOWN: ContentCache[str] = ContentCache("markdown", 4096, 32 * MIB)
-CODE: ContentCache[str] = ContentCache("code", 4096, 32 * MIB)
+# The bounds of one worker process (PREVIEW_RENDER_CACHE_MB, 64 by default), shared out:
+# a thumbnail is about 40 KB of PNG, a full payload's Markdown and code about 100 KB of
+# text, so 64 MiB hold the recent tutorials of a busy team of editors.
+DEFAULT_MIB = 64
+SHARES = {"thumbnails": 0.25, "markdown": 0.375, "code": 0.375}
+MAX_PARTS = {"thumbnails": 256, "markdown": 8192, "code": 8192}
+THUMBNAILS: ContentCache[bytes] = ContentCache("thumbnails", 0, 0)
+MARKDOWN: ContentCache[str] = ContentCache("markdown", 0, 0)
+CODE: ContentCache[str] = ContentCache("code", 0, 0)
 CACHES = (THUMBNAILS, MARKDOWN, CODE)
+
+
+def configure(mib: int) -> None:
+    """Bound the caches of this process to about mib MiB in all; 0 turns reuse off."""
+    for cache in CACHES:
+        max_size = int(mib * MIB * SHARES[cache.name])
+        max_items = MAX_PARTS[cache.name] if mib > 0 else 0
+        if (cache.max_size, cache.max_items) != (max_size, max_items):
+            cache.clear()
+            cache.max_size, cache.max_items = max_size, max_items
+
+
+configure(DEFAULT_MIB)
 
 
 def clear_all() -> None:
