@@ -146,7 +146,7 @@ def test_a_cache_stays_within_its_size_and_never_keeps_a_huge_part() -> None:
     assert len(cache) == 8
     cache.put(content_key("huge"), bytes(101))  # more than an eighth of the bound
     assert cache.get(content_key("huge")) is None
-    assert cache.size == sum(len(part) for part in cache._parts.values())
+    assert cache.size == sum(len(part) for _, part in cache._parts.values())
 
 
 def test_keys_tell_apart_parts_that_join_to_the_same_text() -> None:
@@ -172,3 +172,17 @@ def test_a_budget_of_zero_turns_reuse_off_and_the_bounds_follow_the_setting() ->
         assert reuse.THUMBNAILS.hits == 1 and len(reuse.MARKDOWN) > 0
     finally:
         reuse.configure(reuse.DEFAULT_MIB)
+
+
+def test_a_render_reuses_parts_of_earlier_renders_only() -> None:
+    """Given a tutorial whose steps repeat one body and one block, one render makes each one
+    every time (its cost follows its content); the next render reuses them."""
+    payload = load_payload(FULL)
+    step = steps(payload)[2]
+    payload["content"]["steps"] = [copy.deepcopy(step) for _ in range(5)]
+    render(payload)
+    assert (reuse.MARKDOWN.hits, reuse.CODE.hits) == (0, 0)
+    assert (reuse.MARKDOWN.misses, reuse.CODE.misses) == (5, 5)
+    payload["content"]["title"] = "Another"
+    render(payload)
+    assert (reuse.MARKDOWN.hits, reuse.CODE.hits) == (5, 5)

@@ -100,6 +100,7 @@ def _reused_highlight(source: str, language: str, lexer: Lexer) -> str:
         reuse.content_key(language.strip().lower(), source),
         lambda: _highlighted(source, lexer),
         exact=lambda: budget.plain_blocks == plain_before,
+        render=budget.render,
     )
 
 

@@ -7,6 +7,7 @@ read the budget from there, so no signature between them has to carry it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -41,6 +42,9 @@ class Limits:
     highlight_total_seconds: float = DEFAULT_HIGHLIGHT_TOTAL_SECONDS
 
 
+_RENDERS = itertools.count()
+
+
 def _go_on() -> None:
     """Never interrupt."""
 
@@ -57,6 +61,7 @@ class Budget:
         # Code blocks shown plain for lack of time: what they show depends on the clock, so
         # nothing rendered with one may be reused (see reuse.py).
         self.plain_blocks = 0
+        self.render = next(_RENDERS)  # tells this render apart from every other in the process
         self.interrupt = interrupt
 
     def __repr__(self) -> str:

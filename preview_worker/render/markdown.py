@@ -145,6 +145,7 @@ def render_markdown(text: str) -> str:
         reuse.content_key(text),
         lambda: _rendered_markdown(text),
         exact=lambda: budget.plain_blocks == plain_before,
+        render=budget.render,
     )
 
 

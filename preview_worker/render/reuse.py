@@ -6,6 +6,9 @@ time. Each worker process keeps what it rendered in bounded maps keyed by a dige
 inputs; nothing is shared between processes, so nothing needs locking or invalidating
 beyond the renderer's own version. A part is kept only when rendering it was exact: a code
 block shown plain because its time ran out depends on the clock, not on its content.
+
+Parts come from earlier renders only: a block repeated within one tutorial is rendered each
+time, so what a render costs, and the limits that bound it, still follow from its content.
 """
 
 from __future__ import annotations
@@ -46,35 +49,37 @@ class ContentCache(Generic[Value]):
         self.size = 0
         self.hits = 0
         self.misses = 0
-        self._parts: OrderedDict[bytes, Value] = OrderedDict()
+        # key -> (the render that made the part, if any; the part)
+        self._parts: OrderedDict[bytes, tuple[int | None, Value]] = OrderedDict()
         self._lock = threading.Lock()  # a worker renders on one thread; a test may on more
 
     def __len__(self) -> int:
         """Return how many parts are kept."""
         return len(self._parts)
 
-    def get(self, key: bytes) -> Value | None:
-        """Return the part kept under a key, or None; a hit becomes the most recent."""
+    def get(self, key: bytes, render: int | None = None) -> Value | None:
+        """Return the part kept under a key unless this render made it; a hit becomes the
+        most recent."""
         with self._lock:
-            part = self._parts.get(key)
-            if part is None:
+            kept = self._parts.get(key)
+            if kept is None or (render is not None and kept[0] == render):
                 self.misses += 1
                 return None
             self._parts.move_to_end(key)
             self.hits += 1
-            return part
+            return kept[1]
 
-    def put(self, key: bytes, part: Value) -> None:
+    def put(self, key: bytes, part: Value, render: int | None = None) -> None:
         """Keep a part under a key, letting the least recently used go past the bounds."""
         if self.max_items <= 0 or len(part) > self.max_size // 8:
             return
         with self._lock:
             if key in self._parts:
                 return
-            self._parts[key] = part
+            self._parts[key] = (render, part)
             self.size += len(part)
             while len(self._parts) > self.max_items or self.size > self.max_size:
-                _, dropped = self._parts.popitem(last=False)
+                _, (_, dropped) = self._parts.popitem(last=False)
                 self.size -= len(dropped)
 
     def clear(self) -> None:
@@ -83,13 +88,16 @@ class ContentCache(Generic[Value]):
             self._parts.clear()
             self.size = self.hits = self.misses = 0
 
-    def remember(self, key: bytes, make: Callable[[], Value], exact: Callable[[], bool]) -> Value:
-        """Return the part under key, else make it, keeping it when exact() says it may be."""
-        part = self.get(key)
+    def remember(
+        self, key: bytes, make: Callable[[], Value], exact: Callable[[], bool], render: int
+    ) -> Value:
+        """Return the part under key from an earlier render, else make it, keeping it when
+        exact() says it may be."""
+        part = self.get(key, render)
         if part is None:
             part = make()
             if exact():
-                self.put(key, part)
+                self.put(key, part, render)
         return part
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from preview_worker.render import bidi, fonts, reuse
+from preview_worker.render import bidi, fonts, limits, reuse
 from preview_worker.render.model import RenderInput
 from preview_worker.render.textlayout import wrap, wrap_or_cut
 from preview_worker.render.theme import Theme, theme_named
@@ -18,9 +18,10 @@ MIN_FONT_SIZE = 10  # pixels
 LINE_HEIGHT = 1.3  # times the font size
 BASELINE = 1.02  # from the top of a line to its baseline, times the font size
 TITLE_SIZES = (60, 52, 44)  # design pixels: a long title steps down before it is cut
-# Flat colours compress well even at zlib's fastest level: level 1 takes 40% less time than
-# Pillow's default 6 for 20% more bytes; 9 or optimize=True take 3x longer for 4% fewer bytes.
-# A 256-colour palette would halve the bytes, but shifts the theme's exact colours.
+# Level 1, measured against every other choice (bench/png.py): Pillow's own per-row filter
+# choice takes three quarters of the time at any level, so nothing encodes faster but no
+# compression (2.3 MB); level 4 and up cost 8 ms more a render for 17-40% fewer bytes, and
+# optimize=True 3-5x the time. The thumbnails hold 450-720 colours: no lossless palette.
 PNG_OPTIONS: dict[str, Any] = {"compress_level": 1}
 
 
@@ -203,5 +204,6 @@ def render_thumbnail(preview: RenderInput) -> bytes:
         preview.theme, preview.width, preview.height,
     )
     return reuse.THUMBNAILS.remember(
-        key, lambda: encode_png(draw_thumbnail(preview)), exact=lambda: True
+        key, lambda: encode_png(draw_thumbnail(preview)), exact=lambda: True,
+        render=limits.current().render,
     )
