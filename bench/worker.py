@@ -10,6 +10,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker, Worker
-from rq.registry import FinishedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from preview_worker import queueing
 from preview_worker.connections import connect
@@ -89,18 +90,108 @@ def minimal(number: int) -> dict[str, Any]:
 
 
 def full(number: int) -> dict[str, Any]:
-    """Return a distinct full payload: its title differs, so nothing is a cache hit."""
+    """Return a distinct full payload: its title, every body and every code block differ, so
+    no part of it is in any cache or in the store."""
     payload: dict[str, Any] = json.loads((PAYLOADS / "preview_payload_full.json").read_text())
     payload.pop("idempotencyKey")
-    payload["content"] = {**payload["content"], "title": f"{payload['content']['title']} #{number}"}
+    content = payload["content"]
+    content["title"] = f"{content['title']} #{number}"
+    for step in content["steps"]:
+        step["body"] = f"{step['body']}\n\nRevision {number}."
+        if step.get("code"):
+            step["code"]["source"] = f"{step['code']['source']}\n\n{number}"
     return payload
 
 
-def render_loop(data_dir: str, numbers: list[int]) -> None:
-    """Render and store payloads in a loop, with no queue at all."""
+def edited(base: int, edit: int) -> dict[str, Any]:
+    """Return the edit-th version of one tutorial: one more step's body edited each time."""
+    payload = full(base)
+    steps = payload["content"]["steps"]
+    for made in range(1, edit + 1):
+        step = steps[made % len(steps)]
+        step["body"] = f"{step['body']}\n\nEdit {made}."
+    return payload
+
+
+def warm_loop(data_dir: str, payloads: list[dict[str, Any]], go: Any, done: Any) -> None:
+    """Render one payload to warm up, wait for the go, then render and store in a loop."""
     store = FileStore(Path(data_dir))
-    for number in numbers:
-        store_preview(store, full(number))
+    store_preview(store, full(-1 - os.getpid()))
+    go.wait()
+    for payload in payloads:
+        store_preview(store, payload)
+    done.put(time.perf_counter())
+
+
+def loop_rate(payloads: list[dict[str, Any]]) -> float:
+    """Return renders/s of the render function in a loop in WORKERS warm processes."""
+    context = multiprocessing.get_context("fork")
+    go, done = context.Event(), context.Queue()
+    with tempfile.TemporaryDirectory() as plain:
+        shares = [payloads[n::WORKERS] for n in range(WORKERS)]
+        processes = [context.Process(target=warm_loop, args=(plain, share, go, done))
+                     for share in shares]
+        for process in processes:
+            process.start()
+        time.sleep(3)  # every process has imported, rendered once and waits
+        start = time.perf_counter()
+        go.set()
+        ends = [done.get(timeout=600) for _ in processes]
+        for process in processes:
+            process.join()
+    return len(payloads) / (float(max(ends)) - start)
+
+
+def pool_forever(url: str, overrides: dict[str, str]) -> None:
+    """Run our worker pool (not burst) with some settings overridden in its environment."""
+    os.environ.update(overrides)
+    get_settings.cache_clear()
+    WorkerPool.for_settings(url, get_settings()).run()
+
+
+class RunningPool:
+    """Our pool started and idle before the first submit, stopped (drained) at the end."""
+
+    def __init__(self, connection: redis.Redis, url: str, **overrides: str) -> None:
+        self.connection = connection
+        context = multiprocessing.get_context("fork")
+        self.process = context.Process(target=pool_forever, args=(url, overrides))
+
+    def __enter__(self) -> RunningPool:
+        self.process.start()
+        deadline = time.monotonic() + 60
+        while len(Worker.all_keys(connection=self.connection)) < WORKERS:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the pool did not start")
+            time.sleep(0.05)
+        time.sleep(1)  # registered, past their start-up work, blocked on the queues
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.pid:
+            os.kill(self.process.pid, signal.SIGTERM)
+        self.process.join(60)
+
+    def rate(self, settings: Settings, payloads: list[dict[str, Any]]) -> float:
+        """Submit payloads as one batch; return renders/s until the last one finished."""
+        before = finished_count(self.connection)
+        start = time.perf_counter()
+        queueing.submit_many(self.connection, settings, payloads)
+        while finished_count(self.connection) - before < len(payloads):
+            failed = sum(FailedJobRegistry(name, self.connection).count
+                         for name in queueing.PRIORITIES)
+            if failed:
+                raise RuntimeError(f"{failed} jobs failed")
+            time.sleep(0.005)
+        return len(payloads) / (time.perf_counter() - start)
+
+
+def finished_count(connection: redis.Redis) -> int:
+    """Return how many jobs the finished registries hold."""
+    return sum(
+        FinishedJobRegistry(name, connection).get_job_count(cleanup=False)
+        for name in queueing.PRIORITIES
+    )
 
 
 def median_rates(rounds: int, variants: dict[str, Callable[[], Rates]]) -> dict[str, Rates]:
@@ -119,10 +210,12 @@ def main() -> None:
     """Print no-op and render throughput, ours against raw RQ, in one run."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--noop-jobs", type=int, default=2000)
-    parser.add_argument("--renders", type=int, default=200)
+    parser.add_argument("--renders", type=int, default=100)
+    parser.add_argument("--edits", type=int, default=50)
+    parser.add_argument("--only", choices=("noop", "steady", "editing"), action="append",
+                        help="run only these measurements (repeatable); all by default")
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
-    count, forks = options.noop_jobs, options.noop_jobs // 4  # a fork per job is slow
 
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as data:
         url = server.url
@@ -131,74 +224,99 @@ def main() -> None:
         get_settings.cache_clear()
         settings = get_settings()
         connection = connect(url)
-        normal = Queue("normal", connection=connection)
-        us = "__main__.noop"
-
-        def ours(kind: str) -> float:
-            return run_processes(our_pool, [(url, settings, kind)])
-
-        def raw(worker_class: type[Worker] | type[SimpleWorker]) -> float:
-            return run_processes(raw_worker, [(url, worker_class)] * WORKERS)
-
-        def submit(number: int) -> object:
-            return queueing.submit(connection, settings, minimal(number), function=us)
-
-        def enqueue_raw(number: int) -> object:
-            return normal.enqueue(us, minimal(number))
-
-        def run(enqueue: Callable[[int], object], jobs: int, work: Callable[[], float]) -> Rates:
-            return measure(connection, enqueue, jobs, work)
-
-        rates = median_rates(options.rounds, {
-            "raw RQ, SimpleWorker": lambda: run(enqueue_raw, count, lambda: raw(SimpleWorker)),
-            "ours, simple (default)": lambda: run(submit, count, lambda: ours("simple")),
-            "raw RQ, forking Worker": lambda: run(enqueue_raw, forks, lambda: raw(Worker)),
-            "ours, fork": lambda: run(submit, forks, lambda: ours("fork")),
-        })
-        print(f"no-op jobs, {WORKERS} worker processes, median of {options.rounds} rounds")
-        print(f"{'path':<26} {'enqueue/s':>10} {'jobs/s':>9}")
-        for name, (enqueue_rate, job_rate) in rates.items():
-            print(f"{name:<26} {enqueue_rate:>10,.0f} {job_rate:>9,.0f}")
-        default, simple = rates["ours, simple (default)"][1], rates["raw RQ, SimpleWorker"][1]
-        fork, stock = rates["ours, fork"][1], rates["raw RQ, forking Worker"][1]
-        print(f"ours/raw with the same worker class: {default / simple:.2f}x (simple), "
-              f"{fork / stock:.2f}x (fork)")
-        print(f"default configuration/stock forking rq worker: {default / stock:.2f}x")
-        print_renders(connection, settings, options.renders, options.rounds, lambda: ours("simple"))
+        wanted = set(options.only or ("noop", "steady", "editing"))
+        if "noop" in wanted:
+            print_noop(connection, url, settings, options.noop_jobs, options.rounds)
+        if "steady" in wanted:
+            print_steady(connection, url, settings, options.renders, options.rounds)
+        if "editing" in wanted:
+            print_editing(connection, url, settings, options.edits, options.rounds)
 
 
-def print_renders(
-    connection: redis.Redis,
-    settings: Settings,
-    renders: int,
-    rounds: int,
-    work: Callable[[], float],
-) -> None:
-    """Print full-payload renders per second through the queue against a plain loop."""
+def print_noop(connection: redis.Redis, url: str, settings: Settings, count: int,
+               rounds: int) -> None:
+    """Print no-op jobs/s through our path against raw RQ with the same worker class."""
+    forks = count // 4  # a fork per job is slow
+    normal = Queue("normal", connection=connection)
+    us = "__main__.noop"
 
-    fresh = itertools.count()  # every render of every round is new: never a cache hit
+    def ours(kind: str) -> float:
+        return run_processes(our_pool, [(url, settings, kind)])
+
+    def raw(worker_class: type[Worker] | type[SimpleWorker]) -> float:
+        return run_processes(raw_worker, [(url, worker_class)] * WORKERS)
+
+    def submit(number: int) -> object:
+        return queueing.submit(connection, settings, minimal(number), function=us)
+
+    def enqueue_raw(number: int) -> object:
+        return normal.enqueue(us, minimal(number))
+
+    def run(enqueue: Callable[[int], object], jobs: int, work: Callable[[], float]) -> Rates:
+        return measure(connection, enqueue, jobs, work)
+
+    rates = median_rates(rounds, {
+        "raw RQ, SimpleWorker": lambda: run(enqueue_raw, count, lambda: raw(SimpleWorker)),
+        "ours, simple (default)": lambda: run(submit, count, lambda: ours("simple")),
+        "raw RQ, forking Worker": lambda: run(enqueue_raw, forks, lambda: raw(Worker)),
+        "ours, fork": lambda: run(submit, forks, lambda: ours("fork")),
+    })
+    print(f"no-op jobs, {WORKERS} worker processes, median of {rounds} rounds")
+    print(f"{'path':<26} {'enqueue/s':>10} {'jobs/s':>9}")
+    for name, (enqueue_rate, job_rate) in rates.items():
+        print(f"{name:<26} {enqueue_rate:>10,.0f} {job_rate:>9,.0f}")
+    default, simple = rates["ours, simple (default)"][1], rates["raw RQ, SimpleWorker"][1]
+    fork, stock = rates["ours, fork"][1], rates["raw RQ, forking Worker"][1]
+    print(f"ours/raw with the same worker class: {default / simple:.2f}x (simple), "
+          f"{fork / stock:.2f}x (fork)")
+    print(f"default configuration/stock forking rq worker: {default / stock:.2f}x")
+
+
+def print_steady(connection: redis.Redis, url: str, settings: Settings, renders: int,
+                 rounds: int) -> None:
+    """Print renders/s through an idle, running pool against warm render loops."""
+    fresh = itertools.count()  # every payload of every round is new
 
     def queued() -> Rates:
-        connection.flushdb()
-        numbers = [next(fresh) for _ in range(renders)]
-        for number in numbers:
-            queueing.submit(connection, settings, full(number))
-        rate = renders / work()
-        last = queueing.job_status(connection, queueing.job_id_for(full(numbers[-1])))
-        assert last["status"] == "finished" and not last["result"]["cached"], last
-        return 0.0, rate
+        payloads = [full(next(fresh)) for _ in range(renders)]
+        with RunningPool(connection, url) as pool:
+            return 0.0, pool.rate(settings, payloads)
 
     def looped() -> Rates:
-        first = 1_000_000 + next(fresh) * renders
-        numbers = [list(range(first + n, first + renders, WORKERS)) for n in range(WORKERS)]
-        with tempfile.TemporaryDirectory() as plain:
-            return 0.0, renders / run_processes(render_loop, [(plain, each) for each in numbers])
+        return 0.0, loop_rate([full(next(fresh)) for _ in range(renders)])
 
     rates = median_rates(rounds, {"loop": looped, "queue": queued})
-    loop_rate, queue_rate = rates["loop"][1], rates["queue"][1]
-    print(f"\nfull-payload renders, {WORKERS} processes, {renders} distinct payloads")
-    print(f"render function in a loop: {loop_rate:6.1f}/s")
-    print(f"through queue and workers: {queue_rate:6.1f}/s ({queue_rate / loop_rate:.0%})")
+    loop, queue = rates["loop"][1], rates["queue"][1]
+    print(f"\nsteady state: {renders} distinct full payloads, {WORKERS} warm processes, "
+          f"median of {rounds}")
+    print(f"render function in a loop: {loop:6.1f}/s")
+    print(f"through queue and workers: {queue:6.1f}/s ({queue / loop:.2f} of the loop)")
+
+
+def print_editing(connection: redis.Redis, url: str, settings: Settings, edits: int,
+                  rounds: int) -> None:
+    """Print renders/s of one tutorial resubmitted with one step edited each time, reuse on
+    against reuse off (PREVIEW_RENDER_CACHE_MB=0: every render cold)."""
+    bases = itertools.count(10_000_000)
+
+    def versions() -> list[dict[str, Any]]:
+        base = next(bases)  # a new tutorial each round: nothing of it is in the store
+        return [edited(base, edit) for edit in range(edits)]
+
+    def reuse_on() -> Rates:
+        with RunningPool(connection, url) as pool:
+            return 0.0, pool.rate(settings, versions())
+
+    def reuse_off() -> Rates:
+        with RunningPool(connection, url, PREVIEW_RENDER_CACHE_MB="0") as pool:
+            return 0.0, pool.rate(settings, versions())
+
+    rates = median_rates(rounds, {"cold": reuse_off, "reuse": reuse_on})
+    cold, warm = rates["cold"][1], rates["reuse"][1]
+    print(f"\nediting: one tutorial resubmitted {edits} times, one step edited each time, "
+          f"median of {rounds}")
+    print(f"cold renders (PREVIEW_RENDER_CACHE_MB=0): {cold:6.1f}/s")
+    print(f"reusing unchanged parts (default):        {warm:6.1f}/s ({warm / cold:.1f}x)")
 
 
 if __name__ == "__main__":

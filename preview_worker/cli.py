@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -164,6 +165,58 @@ def worker(
         run_workers(settings, PoolOptions(concurrency, kind, burst, max_jobs))
     except ServiceError as error:
         raise click.ClickException(str(error)) from None
+
+
+@cli.command()
+@click.option("--max-concurrency", type=click.IntRange(1),
+              help="Largest concurrency to try [twice the cores this process may use].")
+@click.option("--seconds", type=click.FloatRange(0, min_open=True), default=5.0,
+              show_default=True, help="Seconds of rendering at each concurrency, after a warm-up.")
+@click.option("--payload", "path",
+              help="Payload file to render [payloads/preview_payload_full.json of the checkout].")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_obj
+def tune(
+    settings: Settings, max_concurrency: int | None, seconds: float, path: str | None,
+    as_json: bool,
+) -> None:
+    """Time real renders at concurrency 1 up to twice the cores; advise a concurrency.
+
+    Prints renders/s, p50 and p95 latency and peak memory at each, then the
+    PREVIEW_WORKER_CONCURRENCY to run on this host and why. Needs no Redis.
+    """
+    from preview_worker import tune as tuning
+
+    if path is None and not tuning.FULL_PAYLOAD.is_file():
+        raise click.UsageError("no payload to render here: give --payload FILE")
+    result = read_payload_file(path or str(tuning.FULL_PAYLOAD), settings)
+    if not result.valid:
+        print_results([result])
+        sys.exit(exit_code_of([result]))
+    top = max_concurrency or 2 * tuning.cores()
+    available = tuning.available_mib()  # read before the renders take any
+    warning = tuning.busy_warning(os.getloadavg()[0])
+    if not as_json:
+        click.echo(f"{result.name}: fresh renders, {seconds:g} s at each concurrency from 1 to "
+                   f"{top} ({tuning.cores()} cores)")
+        click.echo(tuning.HEADER)
+    steps = []
+    try:
+        for step in tuning.sweep(result.payload, top, seconds):
+            steps.append(step)
+            if not as_json:
+                click.echo(step.as_row())
+    except tuning.TuneError as error:
+        raise click.ClickException(str(error)) from None
+    advice = tuning.recommend(steps, available)
+    if warning:
+        click.echo(warning, err=True)
+    if as_json:
+        echo_json({"payload": result.name, "cores": tuning.cores(), "seconds": seconds,
+                   "availableMiB": available, "warning": warning,
+                   "steps": [step.as_dict() for step in steps], "recommended": advice.as_dict()})
+    else:
+        click.echo(f"recommended PREVIEW_WORKER_CONCURRENCY={advice.concurrency}: {advice.reason}")
 
 
 @cli.command()

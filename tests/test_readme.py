@@ -10,9 +10,11 @@ import pytest
 
 from .conftest import ROOT
 
-# Commands that need the service running, a job id, or a file of the reader's own.
+# Commands that need the service running, a job id, a file of the reader's own, or every
+# core for a minute (tune; tests/test_tune.py runs it briefly).
 NEEDS_MORE = re.compile(
-    r"^(make (run|test)|curl |\$P (worker|enqueue|status|cancel|dlq|recover)|cat payload\.json)"
+    r"^(make (run|test)|curl |\$P (worker|enqueue|status|cancel|dlq|recover|tune)"
+    r"|cat payload\.json)"
 )
 
 
