@@ -21,6 +21,7 @@ from rq.job import JobStatus
 from rq.utils import now, utcformat
 
 from preview_worker import keys
+from preview_worker.connections import pipelined
 
 DIGEST_FIELD = "preview_content_digest"  # ours, beside RQ's fields; RQ reads none it does not know
 # Fields that differ from job to job; every other field of a job is its template's.
@@ -206,14 +207,6 @@ def _admissions(reply: list[Any]) -> list[Admission]:
     return [Admission(*words[index:index + 3]) for index in range(0, len(words), 3)]
 
 
-def _run(connection: redis.Redis, calls: list[Any]) -> list[Any]:
-    """Send every script call in one pipeline (redis-py's own script check would cost a trip)."""
-    with connection.pipeline(transaction=False) as pipe:
-        for _, call_keys, call_args in calls:
-            pipe.evalsha(SUBMIT_SHA, len(call_keys), *call_keys, *call_args)
-        return pipe.execute()
-
-
 def admit_all(
     connection: redis.Redis, candidates: list[Candidate], queue_max: int, every_queue: list[str]
 ) -> list[Admission]:
@@ -221,11 +214,13 @@ def admit_all(
     if not candidates:
         return []
     calls = _calls(candidates, queue_max, every_queue)
-    try:
-        replies = _run(connection, calls)
-    except redis.exceptions.NoScriptError:  # a new or flushed Redis: load it, then once more
-        connection.script_load(SUBMIT)
-        replies = _run(connection, calls)
+
+    def fill(pipe: Any) -> None:
+        for _, call_keys, call_args in calls:
+            pipe.evalsha(SUBMIT_SHA, len(call_keys), *call_keys, *call_args)
+
+    # Sent twice only when Redis lacked the script, and then nothing ran the first time.
+    replies = pipelined(connection, fill, [SUBMIT])
     verdicts: dict[int, Admission] = {}
     for (group, _, _), reply in zip(calls, replies, strict=True):
         for candidate, verdict in zip(group, _admissions(reply), strict=True):

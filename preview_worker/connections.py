@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -19,6 +22,29 @@ def connect(url: str) -> redis.Redis:
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
     )
+
+
+def pipelined(
+    connection: redis.Redis, fill: Callable[[Any], object], scripts: Iterable[str] = ()
+) -> list[Any]:
+    """Send the commands fill() queues on a pipeline in one round trip; return the replies.
+
+    Our scripts go by EVALSHA: redis-py's own script objects would first ask, in a round
+    trip of its own, whether Redis has them. A Redis that lost them (restarted, flushed)
+    answers NOSCRIPT: they are loaded and the commands sent again, so the commands must
+    bear being sent twice.
+    """
+    def send() -> list[Any]:
+        with connection.pipeline(transaction=False) as pipe:
+            fill(pipe)
+            return pipe.execute()
+
+    try:
+        return send()
+    except redis.exceptions.NoScriptError:
+        for script in scripts:
+            connection.script_load(script)
+        return send()
 
 
 # Replies of a Redis that takes no writes for now: out of memory, a failed snapshot, a

@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def on_success(job: Job, connection: redis.Redis, result: Any) -> None:
-    """Count a finished job and its duration."""
+    """Mark a finished job's progress done, count it and its duration: one round trip."""
     try:
-        record_end(connection, job, "succeeded", duration_of(job))
+        job.meta["progress"] = {"stage": "done", "percent": 100}
+        record_end(connection, job, "succeeded", duration_of(job), with_meta=True)
     except Exception:
         log.exception("success hook of job %s failed", job.id)
 
@@ -43,13 +44,13 @@ def on_failure(
             "type": exc_type.__name__ if exc_type else "Error",
             "message": str(exc_value)[:1000] if exc_value else "",
         }
-        job.save_meta()
+        # The meta goes with the count, in one round trip.
         if exc_type is not None and issubclass(exc_type, PreviewStopped):
-            record_end(connection, job, "canceled", duration_of(job))
+            record_end(connection, job, "canceled", duration_of(job), with_meta=True)
         elif job.retries_left:
-            record_outcome(connection, job.origin, "retried", duration_of(job))
+            record_outcome(connection, job.origin, "retried", duration_of(job), meta_of=job)
         else:
-            record_end(connection, job, "dead_lettered", duration_of(job))
+            record_end(connection, job, "dead_lettered", duration_of(job), with_meta=True)
     except Exception:
         log.exception("failure hook of job %s failed", job.id)
 
@@ -58,7 +59,6 @@ def on_stopped(job: Job, connection: redis.Redis) -> None:
     """Count a job that a forking worker stopped on request."""
     try:
         job.meta["failure"] = {"type": "PreviewStopped", "message": "stopped on request"}
-        job.save_meta()
-        record_end(connection, job, "canceled")
+        record_end(connection, job, "canceled", with_meta=True)
     except Exception:
         log.exception("stop hook of job %s failed", job.id)

@@ -34,5 +34,4 @@ def render_preview(payload: dict[str, Any]) -> dict[str, Any]:
         # A stop asked of the job is heard at every token, not only between stages.
         budget=Budget(limits_of(settings), interrupt=lambda: progress.check_stop(job)),
     )
-    progress.report(job, "done", 100)
-    return stored.as_dict()
+    return stored.as_dict()  # the success hook writes "done" with the job's count

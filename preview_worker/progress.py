@@ -8,9 +8,16 @@ from rq.job import Job
 
 from preview_worker.errors import PreviewStopped
 
+# A stage is written to Redis once it has lasted this long (seconds), or with the next
+# write: a render of a few tens of milliseconds costs no round trip per stage, and a slow
+# stage still shows while it runs. The job's end writes its last progress (see hooks).
+WRITE_AFTER = 0.5
+
 # Job id that this process's worker was asked to stop. A worker that runs jobs in its own
 # process cannot kill them, so the job checks this at every stage instead.
 _stop_requested_for: str | None = None
+# The running job whose latest stage is not written yet, and when that stage began.
+_unwritten: tuple[Job, float] | None = None
 
 
 def request_stop(job_id: str | None) -> None:
@@ -20,24 +27,40 @@ def request_stop(job_id: str | None) -> None:
 
 
 def check_stop(job: Job | None, stage: str = "rendering") -> None:
-    """Raise PreviewStopped if the job was asked to stop; cheap enough to call very often."""
-    if job is not None and _stop_requested_for == job.id:
+    """Raise PreviewStopped if the job was asked to stop; cheap enough to call very often.
+
+    It also writes the job's stage once that stage has lasted WRITE_AFTER seconds.
+    """
+    if job is None:
+        return
+    if _stop_requested_for == job.id:
         raise PreviewStopped(f"stopped on request during {stage}")
+    if _unwritten is not None and _unwritten[0] is job and time.monotonic() >= _unwritten[1]:
+        _write(job)
+
+
+def _write(job: Job) -> None:
+    """Save the job's meta now: its stage and attempts."""
+    global _unwritten
+    _unwritten = None
+    job.save_meta()
 
 
 def report(job: Job | None, stage: str, percent: int) -> None:
     """Record the job's stage and percent done, or raise PreviewStopped if asked to stop."""
+    global _unwritten
     if job is None:
         return  # called outside a worker, e.g. by a one-shot render
     check_stop(job, stage)
     job.meta["progress"] = {"stage": stage, "percent": percent}
-    job.save_meta()
+    _unwritten = (job, time.monotonic() + WRITE_AFTER)
 
 
 def begin_attempt(job: Job | None) -> None:
-    """Record the start time of this attempt in the job's meta."""
+    """Record the start of this attempt in the job's meta, written at once."""
     if job is None:
         return
     job.meta.setdefault("attempts", []).append(round(time.time(), 3))
     job.meta.pop("failure", None)  # the reason of an earlier attempt no longer holds
     report(job, "started", 0)
+    _write(job)

@@ -23,7 +23,15 @@ from rq.registry import FailedJobRegistry
 from rq.utils import now, utcformat
 
 from preview_worker import keys
-from preview_worker.observe.outcomes import end_key, end_key_of, forget, record_end, record_outcome
+from preview_worker.observe.outcomes import (
+    EndSeen,
+    end_key,
+    end_key_of,
+    forget,
+    record_end,
+    record_outcome,
+    settle_ends,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +120,15 @@ def recover(connection: redis.Redis) -> RecoveryReport:
         sightings = _sight(connection, accepted)
         waiting = _queued_ids(connection, {s.origin for s in sightings if s.status == "queued"})
         waiting |= _registered_ids(connection, sightings)
+        ended = [
+            EndSeen(s.job_id, s.origin, ENDED_OUTCOMES[s.status], end_key(s.job_id, s.enqueued_at))
+            for s in sightings if s.status in ENDED_OUTCOMES
+        ]
+        # Counted by their hooks already, unless a hook died with its worker: count them then.
+        settle_ends(connection, ended)
         for sighting in sightings:
-            _recover_one(connection, sighting, sighting.job_id in waiting, report)
+            if sighting.status not in ENDED_OUTCOMES:
+                _recover_one(connection, sighting, sighting.job_id in waiting, report)
         # Forget first sightings of jobs that are back where they wait, running or ended.
         lost = {
             s.job_id for s in sightings if s.status in PLACES and s.job_id not in waiting
@@ -188,11 +203,6 @@ def _recover_one(
     if status is None:  # deleted, or expired: nothing left to recover
         connection.zrem(keys.ACCEPTED, job_id)
         report.forgotten.append(job_id)
-    elif status in ENDED_OUTCOMES:
-        # Counted by its hook already, unless that died with its worker: count it then.
-        key = end_key(job_id, sighting.enqueued_at)
-        record_outcome(connection, sighting.origin, ENDED_OUTCOMES[status], settle=key)
-        forget(connection, job_id, key)
     elif status == JobStatus.QUEUED.value:
         if on_queue and not sighting.started and sighting.start_by < time.time():
             _expire(connection, Job.fetch(job_id, connection=connection), report)

@@ -107,6 +107,15 @@ class PoolSignalsMixin:
 class PreviewWorker(PoolSignalsMixin, AliveMixin, SimpleWorker):
     """Runs jobs in its own process: no fork per job; stop requests are cooperative."""
 
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """Send RQ's heartbeat (three commands) in one round trip, not three."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            pipe.execute()
+
     def kill_horse(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Ask the running job to stop at its next stage, since there is no horse to kill."""
         progress.request_stop(self._stopped_job_id)

@@ -5,14 +5,18 @@ Hooks, cancel and recovery may all see the same end of a job; each end counts on
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 from rq.job import Job
 from rq.utils import utcformat
 
 from preview_worker import keys
+from preview_worker.connections import pipelined
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +32,50 @@ def bound_name(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(bound)
 
 
-# One round trip per job end: claim it (when asked), count it, add its duration.
+# One round trip per job end: claim it (when asked), count it, add its duration. Given the
+# job's id too (recovery, once the end is saved), stop watching the job and drop the claim.
 RECORD = """
-if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], 1) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-if ARGV[2] ~= '' then
-  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-  redis.call('HINCRBYFLOAT', KEYS[2], 'sum', ARGV[3])
-  redis.call('HINCRBY', KEYS[2], 'count', 1)
+local counted = 0
+if ARGV[4] == '' or redis.call('HSETNX', KEYS[3], ARGV[4], 1) == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+  if ARGV[2] ~= '' then
+    redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+    redis.call('HINCRBYFLOAT', KEYS[2], 'sum', ARGV[3])
+    redis.call('HINCRBY', KEYS[2], 'count', 1)
+  end
+  counted = 1
 end
-return 1
+if ARGV[5] ~= '' then
+  redis.call('ZREM', KEYS[4], ARGV[5])
+  redis.call('HDEL', KEYS[3], ARGV[4])
+end
+return counted
 """
+RECORD_SHA = hashlib.sha1(RECORD.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class EndSeen:
+    """A job whose end recovery found saved: count it unless counted, then stop watching it."""
+
+    job_id: str
+    queue: str
+    outcome: str
+    key: str  # the end's name (end_key)
+
+
+def _record(
+    pipe: Any, queue: str, outcome: str, duration: float | None, settle: str, forget_id: str = ""
+) -> None:
+    """Queue the counting script on a pipeline."""
+    bucket, seconds = "", ""
+    if duration is not None:
+        seconds = repr(max(duration, 0.0))
+        bucket = f"le:{bound_name(next(b for b in DURATION_BUCKETS if float(seconds) <= b))}"
+    pipe.evalsha(
+        RECORD_SHA, 4, keys.OUTCOMES, keys.durations_key(queue), keys.COUNTED, keys.ACCEPTED,
+        f"{queue}|{outcome}", bucket, seconds, settle, forget_id,
+    )
 
 
 def record_outcome(
@@ -47,26 +84,36 @@ def record_outcome(
     outcome: str,
     duration: float | None = None,
     settle: str | None = None,
+    meta_of: Job | None = None,
 ) -> bool:
     """Count one outcome of a job on a queue (and its duration); never raise.
 
     With settle=the key of a job's end, the outcome counts only if nobody counted that
     end before: each end is counted once, whoever sees it (a hook, cancel, recovery).
+    With meta_of=a job, its meta is saved in the same round trip, first.
     """
-    bucket, seconds = "", ""
-    if duration is not None:
-        seconds = repr(max(duration, 0.0))
-        bucket = f"le:{bound_name(next(b for b in DURATION_BUCKETS if float(seconds) <= b))}"
+    def fill(pipe: Any) -> None:
+        if meta_of is not None:
+            pipe.hset(meta_of.key, "meta", meta_of.serializer.dumps(meta_of.meta))
+        _record(pipe, queue, outcome, duration, settle or "")
+
     try:
-        script = connection.register_script(RECORD)
-        counted = script(
-            keys=[keys.OUTCOMES, keys.durations_key(queue), keys.COUNTED],
-            args=[f"{queue}|{outcome}", bucket, seconds, settle or ""],
-        )
-        return bool(counted)
+        return bool(pipelined(connection, fill, [RECORD])[-1])
     except Exception:  # a recorder observes: its failure must never fail a job
         log.exception("could not record outcome %s of a job on %s", outcome, queue)
         return False
+
+
+def settle_ends(connection: redis.Redis, ends: list[EndSeen]) -> None:
+    """Count every end not counted yet and stop watching its job: one round trip for all."""
+    if not ends:
+        return
+
+    def fill(pipe: Any) -> None:
+        for end in ends:
+            _record(pipe, end.queue, end.outcome, None, end.key, end.job_id)
+
+    pipelined(connection, fill, [RECORD])
 
 
 def duration_of(job: Job) -> float | None:
@@ -87,16 +134,23 @@ def end_key_of(job: Job) -> str:
 
 
 def record_end(
-    connection: redis.Redis, job: Job, outcome: str, duration: float | None = None
+    connection: redis.Redis,
+    job: Job,
+    outcome: str,
+    duration: float | None = None,
+    with_meta: bool = False,
 ) -> None:
-    """Count a job's end unless it was counted already.
+    """Count a job's end unless it was counted already; with_meta saves its meta alongside.
 
     Hooks, cancel and recovery may all see the same end; only the first counts it. Hooks run
     before RQ saves the job's new status, so they leave forgetting the job to recovery,
     which sees the saved status; a worker killed in between leaves a job recovery still
     watches.
     """
-    record_outcome(connection, job.origin, outcome, duration, settle=end_key_of(job))
+    record_outcome(
+        connection, job.origin, outcome, duration, settle=end_key_of(job),
+        meta_of=job if with_meta else None,
+    )
 
 
 def forget(connection: redis.Redis, job_id: str, key: str) -> None:
