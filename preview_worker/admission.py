@@ -20,7 +20,7 @@ from rq import Queue
 from rq.job import JobStatus
 from rq.utils import now, utcformat
 
-from preview_worker import keys
+from preview_worker import events, keys
 from preview_worker.connections import pipelined
 
 DIGEST_FIELD = "preview_content_digest"  # ours, beside RQ's fields; RQ reads none it does not know
@@ -32,21 +32,23 @@ CHUNK = 200
 
 # KEYS: 1 RQ's set of queues, 2 accepted jobs (recovery's watch), 3 outcome counts,
 #       4..3+Q every queue (their lengths are the backpressure), then per job: its hash, its
-#       queue.
-# ARGV: 1 Q, 2 most jobs queued, 3 the digest's field name, 4 how many shared values (S),
-#       5..4+S the shared field, value pairs, then per job: id, queue name, the watch's
-#       deadline, content digest, "1" when the id is an idempotency key, TTL or -1, how many
-#       own values (O), O own field, value pairs.
+#       queue, its event stream.
+# ARGV: 1 Q, 2 most jobs queued, 3 the digest's field name, 4 the events' lifetime,
+#       5 how many shared values (S), 6..5+S the shared field, value pairs, then per job:
+#       id, queue name, the watch's deadline, content digest, "1" when the id is an
+#       idempotency key, TTL or -1, how many own values (O), O own field, value pairs.
 # Replies three words per job: verdict, status, queue. Every write of a job comes after its
 # checks and the counts come last; a Redis out of memory refuses a script only at its first
 # write, so a refused call has written nothing.
 SUBMIT = """
+local MAX_EVENTS = $MAX_EVENTS
 local queues = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local digest_field = ARGV[3]
-local shared_count = tonumber(ARGV[4])
+local events_ttl = ARGV[4]
+local shared_count = tonumber(ARGV[5])
 local shared = {}
-for index = 5, 4 + shared_count do
+for index = 6, 5 + shared_count do
   shared[#shared + 1] = ARGV[index]
 end
 local queued = 0
@@ -62,14 +64,14 @@ local function reply(verdict, status, queue)
   table.insert(replies, status)
   table.insert(replies, queue)
 end
-local key, cursor = 4 + queues, 5 + shared_count
+local key, cursor = 4 + queues, 6 + shared_count
 while cursor <= #ARGV do
-  local job_key, queue_key = KEYS[key], KEYS[key + 1]
+  local job_key, queue_key, events_key = KEYS[key], KEYS[key + 1], KEYS[key + 2]
   local id, queue, deadline = ARGV[cursor], ARGV[cursor + 1], ARGV[cursor + 2]
   local digest, keyed = ARGV[cursor + 3], ARGV[cursor + 4]
   local ttl, own = tonumber(ARGV[cursor + 5]), tonumber(ARGV[cursor + 6])
   local first = cursor + 7
-  key, cursor = key + 2, first + own
+  key, cursor = key + 3, first + own
   local status = redis.call('HGET', job_key, 'status')
   if status == 'failed' or status == 'stopped' or status == 'canceled' then
     reply('resubmit', status, queue)
@@ -96,6 +98,9 @@ while cursor <= #ARGV do
       redis.call('EXPIRE', job_key, ttl)
     end
     redis.call('RPUSH', queue_key, id)
+    redis.call('XADD', events_key, 'MAXLEN', '~', MAX_EVENTS, '*',
+               'type', 'queued', 'data', cjson.encode({queue = queue}))
+    redis.call('EXPIRE', events_key, events_ttl)
     pushed[queue_key] = true
     queued = queued + 1
     count(queue .. '|enqueued')
@@ -112,6 +117,7 @@ return replies
 """
 
 
+SUBMIT = SUBMIT.replace("$MAX_EVENTS", str(events.MAX_EVENTS))  # one cap for every writer
 SUBMIT_SHA = hashlib.sha1(SUBMIT.encode()).hexdigest()
 
 
@@ -135,6 +141,7 @@ class JobTemplate:
         self.queue = queue.name
         self.function = job.func_name
         self.ttl: int | None = job.ttl
+        self.events_ttl = events.lifetime(job.result_ttl, job.failure_ttl)
         self.dumps = job.serializer.dumps
         recorded = job.to_dict()
         self.shared = {
@@ -165,6 +172,7 @@ class Candidate:
     fields: list[Any]  # its own hash fields
     shared: dict[str, Any]  # the fields its template gives every job
     ttl: int | None
+    events_ttl: int  # seconds its events are kept after the latest
     digest: str
     keyed: bool  # its id is an idempotency key
     watch_until: float  # when recovery gives up waiting for it to start
@@ -181,11 +189,13 @@ def _calls(candidates: list[Candidate], queue_max: int, every_queue: list[str]) 
             groups.setdefault(id(candidate.shared), []).append(candidate)
         for group in groups.values():
             shared = [item for pair in group[0].shared.items() for item in pair]
+            events_ttl = group[0].events_ttl
             shared += [item for name in MOMENTS for item in (name, moment)]
             job_keys: list[str] = []
             job_args: list[Any] = []
             for candidate in group:
-                job_keys += [keys.job_key(candidate.job_id), keys.queue_key(candidate.queue)]
+                job_keys += [keys.job_key(candidate.job_id), keys.queue_key(candidate.queue),
+                             keys.events_key(candidate.job_id)]
                 job_args += [
                     candidate.job_id, candidate.queue, candidate.watch_until, candidate.digest,
                     "1" if candidate.keyed else "0",
@@ -196,7 +206,8 @@ def _calls(candidates: list[Candidate], queue_max: int, every_queue: list[str]) 
                 group,
                 [keys.RQ_QUEUES, keys.ACCEPTED, keys.OUTCOMES,
                  *[keys.queue_key(name) for name in every_queue], *job_keys],
-                [len(every_queue), queue_max, DIGEST_FIELD, len(shared), *shared, *job_args],
+                [len(every_queue), queue_max, DIGEST_FIELD, events_ttl, len(shared), *shared,
+                 *job_args],
             ))
     return calls
 

@@ -31,20 +31,27 @@ def pipelined(
 
     Our scripts go by EVALSHA: redis-py's own script objects would first ask, in a round
     trip of its own, whether Redis has them. A Redis that lost them (restarted, flushed)
-    answers NOSCRIPT: they are loaded and the commands sent again, so the commands must
-    bear being sent twice.
+    answers NOSCRIPT to those calls alone: the scripts are loaded and only those calls sent
+    again. The first error left is raised, as a pipeline raises it.
     """
-    def send() -> list[Any]:
-        with connection.pipeline(transaction=False) as pipe:
-            fill(pipe)
-            return pipe.execute()
-
-    try:
-        return send()
-    except redis.exceptions.NoScriptError:
+    with connection.pipeline(transaction=False) as pipe:
+        fill(pipe)
+        commands = [args for args, _ in pipe.command_stack]
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+    missing = [n for n, reply in enumerate(replies)
+               if isinstance(reply, redis.exceptions.NoScriptError)]
+    if missing:
         for script in scripts:
             connection.script_load(script)
-        return send()
+        with connection.pipeline(transaction=False) as again:
+            for n in missing:
+                again.execute_command(*commands[n])  # type: ignore[no-untyped-call]
+            for n, reply in zip(missing, again.execute(raise_on_error=False), strict=True):
+                replies[n] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 # Replies of a Redis that takes no writes for now: out of memory, a failed snapshot, a

@@ -20,6 +20,8 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 PREFIX = "preview"
 
+# A job's events, in order: a capped stream that expires with the job (see events.py).
+EVENTS = f"{PREFIX}:events:{{job_id}}"
 # Outcome counts: one hash, field "<queue>|<outcome>" -> count.
 OUTCOMES = f"{PREFIX}:outcomes"
 # Duration histogram of one queue: fields "le:<bound>", "sum" and "count".
@@ -55,6 +57,11 @@ def text(reply: object) -> str:
 def durations_key(queue: str) -> str:
     """Return the duration histogram key of a queue."""
     return DURATIONS.format(queue=queue)
+
+
+def events_key(job_id: str) -> str:
+    """Return the key of a job's event stream."""
+    return EVENTS.format(job_id=job_id)
 
 
 def resubmit_lock_key(job_id: str) -> str:

@@ -6,6 +6,7 @@ import time
 
 from rq.job import Job
 
+from preview_worker import events
 from preview_worker.errors import PreviewStopped
 
 # A stage is written to Redis once it has lasted this long (seconds), or with the next
@@ -39,11 +40,16 @@ def check_stop(job: Job | None, stage: str = "rendering") -> None:
         _write(job)
 
 
-def _write(job: Job) -> None:
-    """Save the job's meta now: its stage and attempts."""
+def _write(job: Job, kind: str = "progress") -> None:
+    """Save the job's meta now (its stage and attempts) with the event that tells of it."""
     global _unwritten
     _unwritten = None
-    job.save_meta()
+    stage = job.meta["progress"]
+    data = {"attempt": len(job.meta["attempts"])} if kind == "started" else dict(stage)
+    with job.connection.pipeline(transaction=False) as pipe:
+        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+        events.append(pipe, job.id, kind, data, events.lifetime_of(job))
+        pipe.execute()
 
 
 def report(job: Job | None, stage: str, percent: int) -> None:
@@ -63,4 +69,4 @@ def begin_attempt(job: Job | None) -> None:
     job.meta.setdefault("attempts", []).append(round(time.time(), 3))
     job.meta.pop("failure", None)  # the reason of an earlier attempt no longer holds
     report(job, "started", 0)
-    _write(job)
+    _write(job, "started")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -16,13 +15,14 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from preview_worker import hooks, keys
+from preview_worker import events, hooks, keys
 from preview_worker.admission import Admission, Candidate, JobTemplate, admit, admit_all
 from preview_worker.canonical import canonical_json
 from preview_worker.observe.outcomes import end_key_of, forget, record_end
 from preview_worker.retries import backoff_delays, retry_policy
 from preview_worker.schema import default_of
 from preview_worker.settings import Settings
+from preview_worker.status import RESUBMITTABLE, status_answer
 
 PRIORITIES = ("high", "normal", "low")  # workers listen in this order: strict priority
 DEFAULT_PRIORITY: str = default_of("priority")
@@ -30,7 +30,6 @@ RENDER_FUNCTION = "preview_worker.jobs.render_preview"
 # Payload fields that say how to deliver a job, not what to render: not part of its identity.
 DELIVERY_FIELDS = ("priority", "requestId", "idempotencyKey")
 ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
-RESUBMITTABLE = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
 
 class QueueFull(Exception):
@@ -229,6 +228,7 @@ def _candidate(
         ),
         shared=template.shared,
         ttl=template.ttl,
+        events_ttl=template.events_ttl,
         digest=digest,
         keyed=bool(payload.get("idempotencyKey")),
         # The score is the time by which it must have started (see recovery: QueuedTooLong).
@@ -285,51 +285,12 @@ def get_job(connection: redis.Redis, job_id: str) -> Job:
     return job
 
 
-def _iso(moment: datetime | None) -> str | None:
-    """Format a moment as ISO 8601 in UTC."""
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
-
-
 def job_status(connection: redis.Redis, job_id: str) -> dict[str, Any]:
     """Return the status answer of a job: where it is, how far, and how it ended."""
     job = get_job(connection, job_id)
     status = job.get_status()
     result = job.return_value() if status == JobStatus.FINISHED else None
-    return {
-        "jobId": job.id,
-        "status": status.value,
-        "queue": job.origin,
-        "priority": job.meta.get("priority"),
-        "requestId": job.meta.get("requestId"),
-        "progress": job.meta.get("progress"),
-        "attempts": len(job.meta.get("attempts", [])),
-        "retriesLeft": job.retries_left or 0,
-        "enqueuedAt": _iso(job.enqueued_at),
-        "startedAt": _iso(job.started_at),
-        "endedAt": _iso(job.ended_at),
-        "result": result,
-        "error": _error_of(job, status),
-        "deadLettered": status in (JobStatus.FAILED, JobStatus.STOPPED),
-    }
-
-
-def _error_of(job: Job, status: JobStatus) -> dict[str, str] | None:
-    """Say why a job ended without finishing, or None for any other job."""
-    if status not in RESUBMITTABLE:
-        return None
-    if status == JobStatus.CANCELED:
-        return {"type": "Canceled", "message": "canceled on request"}
-    recorded: dict[str, str] | None = job.meta.get("failure")
-    return recorded or _failure_from_result(job)
-
-
-def _failure_from_result(job: Job) -> dict[str, str]:
-    """Read type and message from the last line of the recorded failure, never the traceback."""
-    latest = job.latest_result()
-    text = (latest.exc_string or "").strip() if latest else ""
-    last = text.splitlines()[-1] if text else "Error: unknown failure"
-    kind, _, message = last.partition(": ")
-    return {"type": kind.rsplit(".", 1)[-1], "message": message[:1000]}
+    return status_answer(job, status, result)
 
 
 def has_ended(status: dict[str, Any]) -> bool:
@@ -358,7 +319,10 @@ def cancel(connection: redis.Redis, job_id: str) -> str:
                 break
             except WatchError:
                 continue
-    record_end(connection, job, "canceled")
+    reason = {"type": "Canceled", "message": "canceled on request"}
+    record_end(connection, job, "canceled", also=lambda pipe: events.append(
+        pipe, job.id, "canceled", {"reason": reason}, events.lifetime_of(job)
+    ))
     forget(connection, job.id, end_key_of(job))
     return JobStatus.CANCELED.value
 

@@ -22,7 +22,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.utils import now, utcformat
 
-from preview_worker import keys
+from preview_worker import events, keys
 from preview_worker.observe.outcomes import (
     EndSeen,
     end_key,
@@ -283,7 +283,11 @@ def _fail_abandoned(connection: redis.Redis, job: Job, report: RecoveryReport) -
     # may itself have died with the worker.
     job.retries_left -= 1
     queue.enqueue_job(job, at_front=True)
-    record_outcome(connection, job.origin, "retried")
+    record_outcome(connection, job.origin, "retried", also=lambda pipe: events.append(
+        pipe, job.id, "retrying",
+        {"reason": job.meta["failure"], "delay": 0, "attempt": len(job.meta.get("attempts", []))},
+        events.lifetime_of(job),
+    ))
     report.retried.append(job.id)
 
 
@@ -310,6 +314,13 @@ def _dead_letter(
             job, ttl=job.failure_ttl, exc_string=f"{kind}: {message}", pipeline=pipe
         )
         pipe.execute()
-    record_end(connection, job, "canceled" if why == STOPPED_WHILE_DEAD else "dead_lettered")
+    canceled = why == STOPPED_WHILE_DEAD
+    record_end(
+        connection, job, "canceled" if canceled else "dead_lettered",
+        also=lambda pipe: events.append(
+            pipe, job.id, "canceled" if canceled else "dead-lettered",
+            {"reason": {"type": kind, "message": message}}, events.lifetime_of(job),
+        ),
+    )
     forget(connection, job.id, end_key_of(job))
     report.dead_lettered.append(job.id)

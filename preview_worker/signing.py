@@ -10,6 +10,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from preview_worker.settings import Settings
 
 SALT = "preview-artifact"
+EVENTS_SALT = "preview-events"  # a job's event stream: a token for one never opens the other
 # Where the HTTP API is mounted; an artifact's URL is a path under it, the same for every face.
 API_PREFIX = "/api/preview"
 DEVELOPMENT_SIGNING_KEY = "development-only-signing-key"  # noqa: S105 - refused in production
@@ -20,6 +21,7 @@ class ArtifactSigner:
 
     def __init__(self, key: str, max_age: int) -> None:
         self.serializer = URLSafeTimedSerializer(key, salt=SALT)
+        self.events = URLSafeTimedSerializer(key, salt=EVENTS_SALT)
         self.max_age = max_age  # seconds a token works
 
     def __repr__(self) -> str:
@@ -42,6 +44,21 @@ class ArtifactSigner:
         except BadSignature:  # altered, for another key, or expired (SignatureExpired)
             return False
         return bool(granted == f"{digest}/{name}")
+
+
+    def events_url(self, job_id: str) -> str:
+        """Return the signed path of a job's event stream: a browser's EventSource cannot
+        send an Authorization header."""
+        query = urlencode({"token": self.events.dumps(job_id)})
+        return f"{API_PREFIX}/job/{job_id}/events?{query}"
+
+    def allows_events(self, token: str, job_id: str) -> bool:
+        """Tell whether a token is genuine, unexpired and for this job's event stream."""
+        try:
+            granted = self.events.loads(token, max_age=self.max_age)
+        except BadSignature:
+            return False
+        return bool(granted == job_id)
 
 
 def link_artifacts(status: dict[str, Any], signer: ArtifactSigner, base: str = "") -> None:

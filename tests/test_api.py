@@ -56,7 +56,8 @@ def test_submit_answers_202_with_location_then_200_for_a_duplicate(
     assert first.status_code == 202
     body = first.get_json()
     assert body == {"jobId": body["jobId"], "status": "queued", "queue": "high",
-                    "duplicate": False}
+                    "duplicate": False, "eventsUrl": body["eventsUrl"]}
+    assert body["eventsUrl"].startswith(f"/api/preview/job/{body['jobId']}/events?token=")
     assert first.headers["Location"] == f"/api/preview/job/{body['jobId']}"
     second = client.post("/api/preview/job", json=payload(priority="high"))
     assert second.status_code == 200 and second.get_json()["duplicate"] is True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,17 +85,18 @@ def record_outcome(
     outcome: str,
     duration: float | None = None,
     settle: str | None = None,
-    meta_of: Job | None = None,
+    also: Callable[[Any], object] | None = None,
 ) -> bool:
     """Count one outcome of a job on a queue (and its duration); never raise.
 
     With settle=the key of a job's end, the outcome counts only if nobody counted that
     end before: each end is counted once, whoever sees it (a hook, cancel, recovery).
-    With meta_of=a job, its meta is saved in the same round trip, first.
+    also(pipe) queues the writes that go with it (a job's meta, its event) in the same
+    round trip, before the count.
     """
     def fill(pipe: Any) -> None:
-        if meta_of is not None:
-            pipe.hset(meta_of.key, "meta", meta_of.serializer.dumps(meta_of.meta))
+        if also is not None:
+            also(pipe)
         _record(pipe, queue, outcome, duration, settle or "")
 
     try:
@@ -138,19 +140,16 @@ def record_end(
     job: Job,
     outcome: str,
     duration: float | None = None,
-    with_meta: bool = False,
+    also: Callable[[Any], object] | None = None,
 ) -> None:
-    """Count a job's end unless it was counted already; with_meta saves its meta alongside.
+    """Count a job's end unless it was counted already, with also()'s writes beside it.
 
     Hooks, cancel and recovery may all see the same end; only the first counts it. Hooks run
     before RQ saves the job's new status, so they leave forgetting the job to recovery,
     which sees the saved status; a worker killed in between leaves a job recovery still
     watches.
     """
-    record_outcome(
-        connection, job.origin, outcome, duration, settle=end_key_of(job),
-        meta_of=job if with_meta else None,
-    )
+    record_outcome(connection, job.origin, outcome, duration, settle=end_key_of(job), also=also)
 
 
 def forget(connection: redis.Redis, job_id: str, key: str) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 
 import redis
+from prometheus_client import Gauge
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -107,3 +109,12 @@ def _workers(picture: QueuePicture) -> GaugeMetricFamily:
     family.add_metric(["busy"], picture.workers.busy)
     family.add_metric(["idle"], picture.workers.idle)
     return family
+
+
+@functools.cache
+def open_event_streams() -> Gauge:
+    """Return the gauge of event streams open now, summed over the server's live processes."""
+    # Made on first use, in the process that serves: prometheus_client reads its
+    # multiprocess folder then.
+    return Gauge("preview_event_streams_open", "Job event streams open now.",
+                 multiprocess_mode="livesum")

@@ -6,14 +6,15 @@ import re
 from collections import Counter
 from typing import Any
 
-from flask import Blueprint, Response, g, request, url_for
+from flask import Blueprint, Response, g, request, stream_with_context, url_for
 from werkzeug.wsgi import wrap_file
 
-from preview_worker import dead_letters, queueing
+from preview_worker import dead_letters, keys, queueing
 from preview_worker.previews import UnknownArtifact, artifact_policy, open_artifact
 from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, first_problems, parse_payload
 from preview_worker.signing import link_artifacts
 from preview_worker.web.shared import BATCH_OUTCOMES, answer, error_response, shared
+from preview_worker.web.streams import sync_stream
 
 blueprint = Blueprint("preview", __name__)
 
@@ -93,7 +94,8 @@ def submit_job() -> Response:
         response.headers["Retry-After"] = "30"
         return response
     location = url_for("preview.job_status", job_id=submission.job_id)
-    return answer(submission.as_dict(), 200 if submission.duplicate else 202, Location=location)
+    body = submission.as_dict() | {"eventsUrl": shared().signer.events_url(submission.job_id)}
+    return answer(body, 200 if submission.duplicate else 202, Location=location)
 
 
 @blueprint.post("/jobs")
@@ -141,7 +143,35 @@ def job_status(job_id: str) -> Response:
     """Answer a job's status, with signed URLs of its artifacts once it finished."""
     status = queueing.job_status(shared().connection, checked_job_id(job_id))
     link_artifacts(status, shared().signer)
+    status["eventsUrl"] = shared().signer.events_url(job_id)
     return answer(status)
+
+
+# Set in the WSGI environ by the server when its event loop serves event streams itself.
+EVENTS_ON_LOOP = "preview.events_on_loop"
+# The answer's header that hands a stream to the server's loop: "<job id> <last event id>".
+# The server takes it off before the answer goes out.
+EVENTS_HANDOFF = "X-Preview-Event-Stream"
+EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")  # a Redis stream id, as events carry
+
+
+@blueprint.get("/job/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    """Answer a job's events as Server-Sent Events: those after Last-Event-ID, then live."""
+    job_id = checked_job_id(job_id)
+    after = request.headers.get("Last-Event-ID", "").strip()
+    if after and not EVENT_ID.match(after):
+        return error_response(400, "bad_last_event_id", "Last-Event-ID is not an event id")
+    connection = shared().connection
+    if not connection.exists(keys.job_key(job_id), keys.events_key(job_id)):
+        raise queueing.JobNotFound(job_id)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.environ.get(EVENTS_ON_LOOP):
+        headers[EVENTS_HANDOFF] = f"{job_id} {after}"
+        return Response(b"", content_type="text/event-stream; charset=utf-8", headers=headers)
+    stream = sync_stream(connection, job_id, after, shared().signer)
+    return Response(stream_with_context(stream), content_type="text/event-stream; charset=utf-8",
+                    headers=headers)
 
 
 @blueprint.delete("/job/<job_id>")

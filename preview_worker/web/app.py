@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 ERROR_CODES = {413: "payload_too_large"}
 # Artifacts carry a signature of their own instead of a token.
 SIGNED_ENDPOINTS = {"preview.artifact"}
+# A job's event stream takes its signed URL's token or the bearer token.
+EVENTS_ENDPOINT = "preview.job_events"
 # Probes and scrapers, open without a token unless PREVIEW_OPEN_PROBES=false.
 PROBE_ENDPOINTS = {"preview.health", "preview.queue_metrics", "prometheus_metrics"}
 # A package's own icon, which browsers fetch without credentials.
@@ -69,6 +71,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         connection=connection,
         store=store_for(settings),
         signer=signer_for(settings),
+        redis_url=redis_url,
     )
     init_request_ids(app)
     init_auth(app)
@@ -135,6 +138,10 @@ def init_auth(app: Flask) -> None:
             return None
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and is_token(given.strip().encode()):
+            return None
+        if request.endpoint == EVENTS_ENDPOINT and preview_of(app).signer.allows_events(
+            request.args.get("token", ""), (request.view_args or {}).get("job_id", "")
+        ):
             return None
         on_dashboard = request.path == DASHBOARD or request.path.startswith(DASHBOARD + "/")
         if on_dashboard and request.authorization and request.authorization.type == "basic":

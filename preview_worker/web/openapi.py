@@ -6,6 +6,7 @@ import copy
 import functools
 from typing import Any
 
+from preview_worker.events import KINDS
 from preview_worker.schema import load_schema
 from preview_worker.settings import Settings
 from preview_worker.web.shared import BATCH_OUTCOMES
@@ -22,6 +23,20 @@ STATUSES = [
     "canceled",
     "stopped",
 ]
+
+
+# One message of a job's event stream, as an EventSource parses it.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": r"^\d+-\d+$"},
+        "event": {"enum": list(KINDS)},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer"},
+    },
+}
+# A job's event stream, signed for a browser's EventSource, which sends no headers.
+EVENTS_URL = {"type": "string", "description": "signed, expiring URL of the job's events"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -94,6 +109,7 @@ def _components() -> dict[str, Any]:
                     "status": {"enum": STATUSES},
                     "queue": {"type": "string"},
                     "duplicate": {"type": "boolean"},
+                    "eventsUrl": EVENTS_URL,
                 },
             },
             "Batch": {
@@ -171,6 +187,7 @@ def _components() -> dict[str, Any]:
                     },
                     "error": {"type": ["object", "null"]},
                     "deadLettered": {"type": "boolean"},
+                    "eventsUrl": EVENTS_URL,
                 },
             },
             "DryRun": {
@@ -285,6 +302,34 @@ def _paths() -> dict[str, Any]:
             "parameters": [job_id],
             "get": {"summary": "A job's status", "responses": status},
         },
+        "/api/preview/job/{job_id}/events": {
+            "parameters": [job_id],
+            "get": {
+                "summary": "A job's events as Server-Sent Events, until it ends",
+                "description": (
+                    "Each message: `id` (give it back as Last-Event-ID to resume), `event` "
+                    "(queued, started, progress, retrying, finished, dead-lettered, canceled) "
+                    "and `data`, a JSON object with `type` and the event's fields: `attempt`; "
+                    "`stage` and `percent`; `reason` and `delay`; `status` (the status answer, "
+                    "its artifact URLs signed); `reason`. Comments keep a quiet stream open; "
+                    "the server closes it after the final event. Takes the bearer token or the "
+                    "`token` of the signed `eventsUrl` that submit and status answers carry."
+                ),
+                "security": [{"bearer": []}, {"signedUrl": []}],
+                "parameters": [
+                    {"name": "token", "in": "query", "schema": {"type": "string"}},
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "the events",
+                            "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+                    "400": _error("Last-Event-ID is not an event id"),
+                    **not_found,
+                    **unauthorized,
+                    **unavailable,
+                },
+            },
+        },
         "/api/preview/worker/health": {
             "get": {
                 "summary": "Health",
@@ -378,7 +423,11 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "Preview worker", "version": "1"},
         "components": {
             "schemas": _components(),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                # The token of a signed eventsUrl, for clients that cannot send headers.
+                "signedUrl": {"type": "apiKey", "in": "query", "name": "token"},
+            },
         },
         "security": [{"bearer": []}],
         "paths": _paths(),

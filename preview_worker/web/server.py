@@ -17,6 +17,7 @@ loop reading Redis with redis.asyncio, rather than in Flask, where each would ho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -37,9 +38,12 @@ from granian.http import HTTP1Settings
 from granian.server.mp import MPServer, WorkerProcess
 
 from preview_worker.logs import FIELDS
-from preview_worker.signing import API_PREFIX
+from preview_worker.observe.prometheus import open_event_streams
+from preview_worker.signing import API_PREFIX, ArtifactSigner
+from preview_worker.web.api import EVENTS_HANDOFF, EVENTS_ON_LOOP
 from preview_worker.web.app import create_app
 from preview_worker.web.shared import REQUEST_ID, preview_of
+from preview_worker.web.streams import EventHub, hub_stream
 
 # prometheus_client's own switch for multiprocess metrics; its files live in this folder.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -115,6 +119,11 @@ class Answer:
     body: bytes
     rest: Iterator[bytes] | None = None
     close: Callable[[], None] | None = None
+
+    def header(self, name: bytes) -> str | None:
+        """Return the value of one header of the answer (lower-case name), or None."""
+        return next((value.decode("latin-1") for key, value in self.headers if key == name),
+                    None)
 
 
 def logged_target(raw_path: bytes) -> str:
@@ -252,8 +261,10 @@ class ReadFirst:
     """ASGI application that reads a request in full, then runs a WSGI application on it."""
 
     def __init__(self, app: WSGIApp, body_timeout: float, max_body: int,
-                 threads: int = THREADS, larger: dict[str, int] | None = None) -> None:
+                 threads: int = THREADS, larger: dict[str, int] | None = None,
+                 streams: EventStreams | None = None) -> None:
         self.app = app
+        self.streams = streams  # serves event streams on the loop; None: Flask streams them
         self.body_timeout = body_timeout
         self.max_body = max_body
         self.larger = larger or {}  # path -> its own, larger body limit (the batch submit)
@@ -268,6 +279,10 @@ class ReadFirst:
         try:
             answer = await self.answer(scope, headers, receive)
         except Disconnected:
+            return
+        handoff = answer.header(HANDOFF)
+        if handoff is not None and self.streams is not None:
+            await self.streams.serve(scope, headers, answer, handoff, receive, send, started)
             return
         await self.write(scope, headers, answer, send, started)
 
@@ -285,6 +300,8 @@ class ReadFirst:
             return envelope(408, "request_timeout",
                             "the request body did not arrive in time", headers)
         environ = wsgi_environ(scope, headers, body)
+        if self.streams is not None:
+            environ[EVENTS_ON_LOOP] = True
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self.pool, call_wsgi, self.app, environ)
@@ -339,15 +356,81 @@ class ReadFirst:
             log_access(scope, answer, size, headers, started)
 
 
+HANDOFF = EVENTS_HANDOFF.lower().encode()
+MAX_STREAMS = 1536  # event streams one process holds; past it 503, so requests keep slots
+
+
+class EventStreams:
+    """Serves the event streams Flask hands over, as coroutines on this process's loop."""
+
+    def __init__(self, redis_url: str, signer: ArtifactSigner) -> None:
+        self.hub = EventHub(redis_url)
+        self.signer = signer
+
+    async def serve(self, scope: Scope, headers: dict[str, str], answer: Answer, handoff: str,
+                    receive: Receive, send: Send, started: float) -> None:
+        """Send a job's events until it ends, the stream's time is up or the client leaves."""
+        if self.hub.open_streams >= MAX_STREAMS:
+            busy = envelope(503, "too_many_streams", "too many open event streams", headers)
+            await self.write_whole(busy, send)
+            log_access(scope, busy, len(busy.body), headers, started)
+            return
+        job_id, _, after = handoff.partition(" ")
+        answer.headers = [(name, value) for name, value in answer.headers
+                          if name not in (HANDOFF, b"content-length")]
+        size = 0
+        gone = asyncio.ensure_future(_disconnected(receive))
+        chunks = hub_stream(self.hub, job_id, after, self.signer)
+        open_event_streams().inc()
+        try:
+            await send({"type": "http.response.start", "status": answer.status,
+                        "headers": answer.headers})
+            while True:
+                step = asyncio.ensure_future(chunks.__anext__())
+                await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():  # the client left: stop following at once
+                    step.cancel()
+                    break
+                try:
+                    chunk = step.result()
+                except StopAsyncIteration:
+                    await send({"type": "http.response.body", "body": b""})
+                    break
+                size += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception as error:  # the client went away mid-answer
+            logging.getLogger(__name__).debug("event stream cut short: %r", error)
+        finally:
+            open_event_streams().dec()
+            gone.cancel()
+            with contextlib.suppress(Exception):
+                await chunks.aclose()
+            log_access(scope, answer, size, headers, started)
+
+    @staticmethod
+    async def write_whole(answer: Answer, send: Send) -> None:
+        """Send a whole answer."""
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": answer.headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def load_application(target: str, body_timeout: float) -> ReadFirst:
     """Build the app in a worker process, with its own Redis connection, behind ReadFirst."""
     del target  # granian passes its target's name; the application is always ours
     app = create_app({"METRICS_MULTIPROCESS": True})  # sets the JSON log up, for access too
     access_log.setLevel(logging.INFO)
-    settings = preview_of(app).settings
+    parts = preview_of(app)
     return ReadFirst(
-        app.wsgi_app, body_timeout, settings.max_body_bytes,
-        larger={f"{API_PREFIX}/jobs": settings.max_batch_bytes},
+        app.wsgi_app, body_timeout, parts.settings.max_body_bytes,
+        larger={f"{API_PREFIX}/jobs": parts.settings.max_batch_bytes},
+        streams=EventStreams(parts.redis_url, parts.signer),
     )
 
 

@@ -26,6 +26,7 @@ class Preview:
     connection: redis.Redis
     store: ArtifactStore
     signer: ArtifactSigner
+    redis_url: str = ""  # what the connection was opened on (the event streams open their own)
 
 
 def preview_of(app: Flask) -> Preview:

@@ -1,0 +1,84 @@
+"""A job's life as events in a Redis Stream of its own, appended by whoever causes each one.
+
+The API appends "queued" (inside the submit script) and "canceled"; the render job appends
+"started" and "progress"; the job's hooks append "retrying", "finished", "dead-lettered"
+and "canceled", in any worker, a stock `rq worker` too; recovery appends what it decides.
+Each append rides in the round trip that records the same change. A stream holds at most
+MAX_EVENTS entries and expires with the job. Stream ids are the events' ids: a reader that
+reconnects asks for what came after the last one it saw.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq.job import Job
+
+from preview_worker import keys
+
+KINDS = ("queued", "started", "progress", "retrying", "finished", "dead-lettered", "canceled")
+FINAL = frozenset({"finished", "dead-lettered", "canceled"})  # the last event of a job
+MAX_EVENTS = 200  # entries a stream keeps (trimmed approximately, the cheap way)
+WAIT = 86_400  # seconds a job's events outlive its record at most
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a job: its stream id, kind and data."""
+
+    id: str
+    kind: str
+    data: dict[str, Any]
+
+    @property
+    def final(self) -> bool:
+        """Whether the job ended with this event."""
+        return self.kind in FINAL
+
+
+def lifetime(result_ttl: int | None, failure_ttl: int | None) -> int:
+    """Return how long a job's events are kept after the latest: longer than the job."""
+    # Every append sets it anew: a stream outlives its job's record by a day at most.
+    return max(result_ttl or 0, failure_ttl or 0) + WAIT
+
+
+def lifetime_of(job: Job) -> int:
+    """Return how long the events of a job are kept after the latest."""
+    return lifetime(job.result_ttl, job.failure_ttl)
+
+
+def append(pipe: Any, job_id: str, kind: str, data: dict[str, Any], ttl: int) -> None:
+    """Queue one event's append on a pipeline (or a connection): XADD, then EXPIRE."""
+    key = keys.events_key(job_id)
+    pipe.xadd(key, {"type": kind, "data": json.dumps(data, separators=(",", ":"))},
+              maxlen=MAX_EVENTS, approximate=True)
+    pipe.expire(key, ttl)
+
+
+def read_entry(entry: tuple[Any, dict[Any, Any]]) -> Event:
+    """Read one stream entry."""
+    raw_id, fields = entry
+    found = {keys.text(name): keys.text(value) for name, value in fields.items()}
+    return Event(keys.text(raw_id), found.get("type", ""), json.loads(found.get("data", "{}")))
+
+
+def history(connection: redis.Redis, job_id: str, after: str = "") -> list[Event]:
+    """Return a job's events after the one with id after (all of them when empty)."""
+    start = f"({after}" if after else "-"
+    entries: list[Any] = connection.xrange(keys.events_key(job_id), start, "+")  # type: ignore[assignment]
+    return [read_entry(entry) for entry in entries]
+
+
+def follow(connection: redis.Redis, job_id: str, after: str, block_ms: int) -> list[Event]:
+    """Return the events after id after, waiting up to block_ms for the first to come."""
+    replies: Any = connection.xread({keys.events_key(job_id): after or "0-0"}, block=block_ms)
+    return [read_entry(entry) for _, entries in replies or [] for entry in entries]
+
+
+def sse(event: Event) -> bytes:
+    """Return an event as a Server-Sent Events message."""
+    data = json.dumps({"type": event.kind, **event.data}, separators=(",", ":"))
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n".encode()

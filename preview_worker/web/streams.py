@@ -1,0 +1,171 @@
+"""A job's event stream served as Server-Sent Events: on the server's event loop, or plainly.
+
+Under `preview-worker serve`, Flask checks the request (token, job) and hands the stream to
+the event loop, where one EventHub per process reads every followed job's stream with one
+blocking XREAD: a thousand open streams cost a thousand coroutines and one Redis
+connection, not a thousand threads. Any other WSGI server gets the same events from
+sync_stream(), which holds its thread for as long as the stream is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from preview_worker import events, keys
+from preview_worker.signing import ArtifactSigner, link_artifacts
+
+log = logging.getLogger(__name__)
+
+KEEP_ALIVE = 15.0  # seconds between comments on a quiet stream, so proxies keep it open
+LONGEST = 3600.0  # seconds a stream stays open; the client reconnects with Last-Event-ID
+HUB_BLOCK_MS = 100  # the hub's longest XREAD wait: a new follower joins within this
+READ_COUNT = 100  # events read per stream per XREAD
+RETRY = b"retry: 2000\n\n"  # milliseconds a browser waits before reconnecting
+
+
+def present(event: events.Event, signer: ArtifactSigner) -> bytes:
+    """Return an event as SSE bytes, the artifacts of a finished job's answer signed now."""
+    if event.kind == "finished" and isinstance(event.data.get("status"), dict):
+        link_artifacts(event.data["status"], signer)
+    return events.sse(event)
+
+
+def sync_stream(connection: redis.Redis, job_id: str, after: str,
+                signer: ArtifactSigner) -> Iterator[bytes]:
+    """Yield a job's events after id after, then follow them until the job ends."""
+    yield RETRY
+    found = events.history(connection, job_id, after)
+    deadline = time.monotonic() + LONGEST
+    while time.monotonic() < deadline:
+        for event in found:
+            after = event.id
+            yield present(event, signer)
+            if event.final:
+                return
+        found = events.follow(connection, job_id, after, int(KEEP_ALIVE * 1000))
+        if not found:
+            yield b": keep-alive\n\n"
+
+
+@dataclass(eq=False)  # each follower is itself, kept in a set
+class Follower:
+    """One open stream: the id of the last event it was given, and its mailbox."""
+
+    after: str
+    mailbox: asyncio.Queue[list[events.Event]] = field(default_factory=asyncio.Queue)
+
+
+class EventHub:
+    """Reads every followed job's stream for one process, with one XREAD at a time."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.followers: dict[str, set[Follower]] = {}
+        self.reader: asyncio.Task[None] | None = None
+        self.client: redis.asyncio.Redis | None = None
+
+    @property
+    def open_streams(self) -> int:
+        """Return how many streams this process serves now."""
+        return sum(len(found) for found in self.followers.values())
+
+    def _client(self) -> redis.asyncio.Redis:
+        """Return the hub's own connection pool, opened on first use."""
+        if self.client is None:
+            self.client = redis.asyncio.Redis.from_url(
+                self.redis_url, socket_connect_timeout=2, socket_timeout=10
+            )
+        return self.client
+
+    async def history(self, job_id: str, after: str) -> list[events.Event]:
+        """Return a job's events after id after."""
+        start = f"({after}" if after else "-"
+        entries: Any = await self._client().xrange(keys.events_key(job_id), start, "+")
+        return [events.read_entry(entry) for entry in entries]
+
+    @contextlib.asynccontextmanager
+    async def following(self, job_id: str, after: str) -> AsyncIterator[Follower]:
+        """Follow a job's stream from id after while the context lasts."""
+        follower = Follower(after)
+        self.followers.setdefault(job_id, set()).add(follower)
+        if self.reader is None or self.reader.done():
+            self.reader = asyncio.create_task(self.read())
+        try:
+            yield follower
+        finally:
+            found = self.followers.get(job_id)
+            if found is not None:
+                found.discard(follower)
+                if not found:
+                    del self.followers[job_id]
+
+    async def read(self) -> None:
+        """Deliver new events to their followers until nobody follows any job."""
+        client = self._client()
+        while self.followers:
+            # Each stream from the oldest event any of its followers still waits for.
+            wanted: Any = {
+                keys.events_key(job_id): min((f.after for f in found), key=_order) or "0-0"
+                for job_id, found in self.followers.items()
+            }
+            try:
+                replies: Any = await client.xread(wanted, count=READ_COUNT, block=HUB_BLOCK_MS)
+            except (redis.RedisError, OSError) as error:
+                log.warning("could not read job events: %s", error)
+                await asyncio.sleep(1)
+                continue
+            for raw_key, entries in replies or []:
+                job_id = keys.text(raw_key).removeprefix(keys.events_key(""))
+                news = [events.read_entry(entry) for entry in entries]
+                for follower in list(self.followers.get(job_id, ())):
+                    mine = [event for event in news if _later(event.id, follower.after)]
+                    if mine:
+                        follower.after = mine[-1].id
+                        follower.mailbox.put_nowait(mine)
+
+
+def _later(event_id: str, after: str) -> bool:
+    """Tell whether a stream id comes after another (an empty one comes before all)."""
+    return _order(event_id) > _order(after)
+
+
+async def hub_stream(hub: EventHub, job_id: str, after: str,
+                     signer: ArtifactSigner) -> AsyncGenerator[bytes, None]:
+    """Yield a job's events after id after, then follow them until the job ends."""
+    yield RETRY
+    deadline = time.monotonic() + LONGEST
+    async with hub.following(job_id, after) as follower:
+        # Read the history after joining: nothing written in between is missed, and the
+        # hub's copy of anything read here is dropped as already given.
+        found = await hub.history(job_id, after)
+        while time.monotonic() < deadline:
+            for event in found:
+                if not _later(event.id, after):
+                    continue
+                after = event.id
+                follower.after = max(follower.after, after, key=_order)
+                yield present(event, signer)
+                if event.final:
+                    return
+            try:
+                found = await asyncio.wait_for(follower.mailbox.get(), KEEP_ALIVE)
+            except asyncio.TimeoutError:
+                found = []
+                yield b": keep-alive\n\n"
+
+
+def _order(event_id: str) -> tuple[int, int]:
+    """Return a stream id's sort key; an empty id sorts first."""
+    if not event_id:
+        return (-1, -1)
+    first, _, second = event_id.partition("-")
+    return (int(first), int(second))
