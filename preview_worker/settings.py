@@ -36,6 +36,10 @@ class Settings:
 
     redis_url: str | None = None  # REDIS_URL; None starts an embedded Redis in development
     data_dir: Path = Path("data")  # DATA_DIR; artifacts live under DATA_DIR/previews
+    # PREVIEW_STORE_URL; the artifact store: file:///path (files under path/previews, as
+    # DATA_DIR's) or s3://bucket/prefix (credentials from AWS's chain); empty: DATA_DIR
+    store_url: str = ""
+    s3_endpoint_url: str | None = None  # PREVIEW_S3_ENDPOINT_URL; an S3-compatible store's API
     queue_name: str = ""  # PREVIEW_QUEUE_NAME; prefixes the queues: <name>-high, ...
     worker_concurrency: int = 2  # PREVIEW_WORKER_CONCURRENCY; workers in one pool
     worker_max_jobs: int = 1000  # PREVIEW_WORKER_MAX_JOBS; jobs before a worker is replaced
@@ -205,6 +209,58 @@ def _frame_ancestors(name: str, raw: str) -> str:
     return " ".join(source.rstrip("/") for source in sources)
 
 
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's rules for bucket names
+S3_PREFIX_PART = re.compile(r"^[A-Za-z0-9_.-]+$")  # one segment of a key prefix
+
+
+def _store_url(name: str, raw: str) -> str:
+    """Check an artifact store URL: file:///absolute/path or s3://bucket/prefix."""
+    value = raw.strip()
+    parts = urlsplit(value)
+    shown = redact_url(value)
+    if parts.scheme not in ("file", "s3") or parts.query or parts.fragment:
+        raise SettingsError(f"{name} must be file:///path or s3://bucket/prefix, got {shown!r}")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise SettingsError(
+                f"{name} must name an absolute path (file:///srv/data), got {shown!r}"
+            )
+        return value
+    if not S3_BUCKET.match(parts.netloc) or ".." in parts.netloc:
+        raise SettingsError(
+            f"{name} must name a bucket of 3-63 lowercase letters, digits, '.' or '-' "
+            f"(s3://bucket/prefix), got {shown!r}"
+        )
+    prefix = parts.path.strip("/")
+    segments = prefix.split("/") if prefix else []  # an empty one, from "//", is refused
+    if any(not S3_PREFIX_PART.match(segment) or segment in (".", "..") for segment in segments):
+        raise SettingsError(
+            f"{name} has a prefix that is not segments of letters, digits, '_', '.' or '-' "
+            f"separated by '/', got {shown!r}"
+        )
+    return value
+
+
+def _s3_endpoint_url(name: str, raw: str, store_url: str) -> str:
+    """Check an S3-compatible store's API URL, http(s)://host[:port], given an s3:// store."""
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    shown = redact_url(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise SettingsError(f"{name} has a bad port: {shown!r}") from None
+    userinfo = parts.username is not None or parts.password is not None
+    if parts.scheme not in ("http", "https") or not parts.hostname or userinfo or parts.query:
+        raise SettingsError(
+            f"{name} must be like https://minio.internal:9000 (credentials come from the AWS "
+            f"settings, never the URL), got {shown!r}"
+        )
+    if not store_url.startswith("s3://"):
+        raise SettingsError(f"{name} is set, but PREVIEW_STORE_URL is no s3:// URL")
+    return value
+
+
 def redact_url(url: str) -> str:
     """Return a URL with any password replaced, safe for logs and health reports."""
     # The user info runs to the last '@', past any '/', '?' or '#' that a password holds
@@ -240,9 +296,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         fold = str.upper if choices is LOG_LEVELS else str.strip
         return lambda name, raw: _choice(name, fold(raw), choices)
 
+    store_url = read("PREVIEW_STORE_URL", _store_url, defaults.store_url)
     return Settings(
         redis_url=read("REDIS_URL", _redis_url, defaults.redis_url),
         data_dir=read("DATA_DIR", lambda _name, raw: Path(raw.strip()), defaults.data_dir),
+        store_url=store_url,
+        s3_endpoint_url=read(
+            "PREVIEW_S3_ENDPOINT_URL",
+            lambda name, raw: _s3_endpoint_url(name, raw, store_url),
+            defaults.s3_endpoint_url,
+        ),
         queue_name=read("PREVIEW_QUEUE_NAME", _queue_name, defaults.queue_name),
         worker_concurrency=read(
             "PREVIEW_WORKER_CONCURRENCY", whole(1), defaults.worker_concurrency

@@ -23,6 +23,8 @@ from preview_worker.settings import Settings, get_settings, load_settings
 from preview_worker.web.app import create_app
 from preview_worker.web.shared import preview_of
 
+from .object_store import moto_server, object_store  # noqa: F401 - fixtures of a real S3 API
+
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ROOT / "payloads"
 MINIMAL = "preview_payload_minimal.json"

@@ -16,7 +16,11 @@ ABANDONED_AFTER = 3600.0  # seconds; an unfinished copy this old lost its writer
 
 
 class StorageError(OSError):
-    """The artifact store could not be read or written; nothing partial was left behind."""
+    """The artifact store could not be read or written; nothing partial can be seen."""
+
+
+class StoreUnreachable(StorageError):
+    """The artifact store did not answer in time: down, or cut off; a caller may answer 503."""
 
 
 class InvalidArtifactPath(ValueError):
