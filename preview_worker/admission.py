@@ -31,8 +31,8 @@ MOMENTS = ("created_at", "enqueued_at")
 CHUNK = 200
 
 # KEYS: 1 RQ's set of queues, 2 accepted jobs (recovery's watch), 3 outcome counts,
-#       4..3+Q every queue (their lengths are the backpressure), then per job: its hash, its
-#       queue, its event stream.
+#       4 the event news, 5..4+Q every queue (their lengths are the backpressure), then per
+#       job: its hash, its queue, its event stream.
 # ARGV: 1 Q, 2 most jobs queued, 3 the digest's field name, 4 the events' lifetime,
 #       5 how many shared values (S), 6..5+S the shared field, value pairs, then per job:
 #       id, queue name, the watch's deadline, content digest, "1" when the id is an
@@ -41,7 +41,7 @@ CHUNK = 200
 # checks and the counts come last; a Redis out of memory refuses a script only at its first
 # write, so a refused call has written nothing.
 SUBMIT = """
-local MAX_EVENTS = $MAX_EVENTS
+local MAX_EVENTS, MAX_NEWS = $MAX_EVENTS, $MAX_NEWS
 local queues = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local digest_field = ARGV[3]
@@ -52,7 +52,7 @@ for index = 6, 5 + shared_count do
   shared[#shared + 1] = ARGV[index]
 end
 local queued = 0
-for index = 4, 3 + queues do
+for index = 5, 4 + queues do
   queued = queued + redis.call('LLEN', KEYS[index])
 end
 local counts, pushed, replies = {}, {}, {}
@@ -64,7 +64,7 @@ local function reply(verdict, status, queue)
   table.insert(replies, status)
   table.insert(replies, queue)
 end
-local key, cursor = 4 + queues, 6 + shared_count
+local key, cursor = 5 + queues, 6 + shared_count
 while cursor <= #ARGV do
   local job_key, queue_key, events_key = KEYS[key], KEYS[key + 1], KEYS[key + 2]
   local id, queue, deadline = ARGV[cursor], ARGV[cursor + 1], ARGV[cursor + 2]
@@ -101,6 +101,7 @@ while cursor <= #ARGV do
     redis.call('XADD', events_key, 'MAXLEN', '~', MAX_EVENTS, '*',
                'type', 'queued', 'data', cjson.encode({queue = queue}))
     redis.call('EXPIRE', events_key, events_ttl)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', MAX_NEWS, '*', 'job', id)
     pushed[queue_key] = true
     queued = queued + 1
     count(queue .. '|enqueued')
@@ -117,7 +118,10 @@ return replies
 """
 
 
-SUBMIT = SUBMIT.replace("$MAX_EVENTS", str(events.MAX_EVENTS))  # one cap for every writer
+# One cap for every writer of the events.
+SUBMIT = SUBMIT.replace("$MAX_EVENTS", str(events.MAX_EVENTS)).replace(
+    "$MAX_NEWS", str(events.MAX_NEWS)
+)
 SUBMIT_SHA = hashlib.sha1(SUBMIT.encode()).hexdigest()
 
 
@@ -204,7 +208,7 @@ def _calls(candidates: list[Candidate], queue_max: int, every_queue: list[str]) 
                 ]
             calls.append((
                 group,
-                [keys.RQ_QUEUES, keys.ACCEPTED, keys.OUTCOMES,
+                [keys.RQ_QUEUES, keys.ACCEPTED, keys.OUTCOMES, keys.NEWS,
                  *[keys.queue_key(name) for name in every_queue], *job_keys],
                 [len(every_queue), queue_max, DIGEST_FIELD, events_ttl, len(shared), *shared,
                  *job_args],

@@ -23,6 +23,9 @@ KINDS = ("queued", "started", "progress", "retrying", "finished", "dead-lettered
 FINAL = frozenset({"finished", "dead-lettered", "canceled"})  # the last event of a job
 MAX_EVENTS = 200  # entries a stream keeps (trimmed approximately, the cheap way)
 WAIT = 86_400  # seconds a job's events outlive its record at most
+# Words kept on the news stream: a hub that falls this far behind misses news, and its
+# followers see those events when they reconnect (Last-Event-ID).
+MAX_NEWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,13 @@ def lifetime_of(job: Job) -> int:
 
 
 def append(pipe: Any, job_id: str, kind: str, data: dict[str, Any], ttl: int) -> None:
-    """Queue one event's append on a pipeline (or a connection): XADD, then EXPIRE."""
+    """Queue one event's append on a pipeline (or a connection): the job's stream, its
+    lifetime, and a word on the news stream that servers follow."""
     key = keys.events_key(job_id)
     pipe.xadd(key, {"type": kind, "data": json.dumps(data, separators=(",", ":"))},
               maxlen=MAX_EVENTS, approximate=True)
     pipe.expire(key, ttl)
+    pipe.xadd(keys.NEWS, {"job": job_id}, maxlen=MAX_NEWS, approximate=True)
 
 
 def read_entry(entry: tuple[Any, dict[Any, Any]]) -> Event:

@@ -22,6 +22,8 @@ PREFIX = "preview"
 
 # A job's events, in order: a capped stream that expires with the job (see events.py).
 EVENTS = f"{PREFIX}:events:{{job_id}}"
+# Which job has news: one capped stream for all, that the servers' event hubs follow.
+NEWS = f"{PREFIX}:event-news"
 # Outcome counts: one hash, field "<queue>|<outcome>" -> count.
 OUTCOMES = f"{PREFIX}:outcomes"
 # Duration histogram of one queue: fields "le:<bound>", "sum" and "count".
@@ -33,6 +35,12 @@ ACCEPTED = f"{PREFIX}:accepted"
 STOP_REQUESTED = f"{PREFIX}:stop:{{job_id}}"
 # Ends of jobs already counted: field "<job id>@<enqueued at>" -> 1, so each end counts once.
 COUNTED = f"{PREFIX}:counted"
+# How the webhook of a job's latest end went (attempts, last answer, outcome); it expires
+# with the job's events.
+DELIVERIES = f"{PREFIX}:deliveries:{{job_id}}"
+# Webhook delivery counts: one hash, field "<outcome>" -> count.
+WEBHOOK_OUTCOMES = f"{PREFIX}:webhook-outcomes"
+DELIVERED_TTL = 3_600  # seconds a delivered webhook's own RQ job is kept
 # Accepted jobs seen queued but on no queue: id -> first seen at (epoch s).
 MISSING = f"{PREFIX}:missing"
 # Lock taken while a dead-lettered or canceled job is replaced by a new attempt.
@@ -62,6 +70,11 @@ def durations_key(queue: str) -> str:
 def events_key(job_id: str) -> str:
     """Return the key of a job's event stream."""
     return EVENTS.format(job_id=job_id)
+
+
+def deliveries_key(job_id: str) -> str:
+    """Return the key of the record of a job's webhook deliveries."""
+    return DELIVERIES.format(job_id=job_id)
 
 
 def resubmit_lock_key(job_id: str) -> str:
