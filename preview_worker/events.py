@@ -77,6 +77,23 @@ def history(connection: redis.Redis, job_id: str, after: str = "") -> list[Event
     return [read_entry(entry) for entry in entries]
 
 
+def ended_by(connection: redis.Redis, job_id: str, after: str) -> bool:
+    """Tell whether a reader who has seen every event up to id after has seen the end."""
+    newest: Any = connection.xrevrange(keys.events_key(job_id), "+", "-", count=1)
+    if not newest:
+        return False
+    last = read_entry(newest[0])
+    return last.final and order(last.id) <= order(after)
+
+
+def order(event_id: str) -> tuple[int, int]:
+    """Return a stream id's sort key; an empty id sorts first."""
+    if not event_id:
+        return (-1, -1)
+    first, _, second = event_id.partition("-")
+    return (int(first), int(second or 0))
+
+
 def follow(connection: redis.Redis, job_id: str, after: str, block_ms: int) -> list[Event]:
     """Return the events after id after, waiting up to block_ms for the first to come."""
     replies: Any = connection.xread({keys.events_key(job_id): after or "0-0"}, block=block_ms)

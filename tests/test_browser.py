@@ -389,3 +389,62 @@ def test_a_browser_opens_the_dashboard_with_basic_auth(browser: Browser, dashboa
         assert api is not None and api.status == 401  # Basic opens the dashboard only
     finally:
         context.close()
+
+
+EDITOR_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>editor</title></head><body>
+<ol id="log"></ol>
+<script>
+const source = new EventSource(EVENTS_URL);
+for (const kind of ["queued", "started", "progress", "retrying", "finished",
+                    "dead-lettered", "canceled"]) {
+  source.addEventListener(kind, (message) => {
+    const data = JSON.parse(message.data);
+    const item = document.createElement("li");
+    item.textContent = kind + (data.stage ? " " + data.stage + " " + data.percent : "");
+    document.getElementById("log").append(item);
+    if (["finished", "dead-lettered", "canceled"].includes(kind)) {
+      source.close();
+      document.body.dataset.ended = kind;
+    }
+  });
+}
+</script></body></html>
+"""
+
+
+def test_an_editor_page_follows_a_job_to_finished_with_event_source(
+    browser: Browser, redis_url: str, data_dir: Path
+) -> None:
+    """Given an editor's page on another origin holding a job's signed eventsUrl, Chromium's
+    EventSource shows the job's progress as it renders, up to finished."""
+    import json
+    import urllib.request
+
+    from .processes import running_worker
+    from .test_workers import slow_payload
+
+    environment = service_environment(redis_url, data_dir, PREVIEW_API_TOKENS=TOKEN)
+    with serving(environment, workers=1) as base:
+        request = urllib.request.Request(
+            base + "/api/preview/job", data=json.dumps(slow_payload(7)).encode(), method="POST",
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            events_url = base + json.loads(answer.read())["eventsUrl"]
+        page = EDITOR_PAGE.replace("EVENTS_URL", json.dumps(events_url)).encode()
+        with serving_page(page) as site:
+            context = browser.new_context()
+            watched = watch(context.new_page())
+            watched.page.goto(site.url, wait_until="load")
+            expect(watched.page.locator("#log li").first).to_have_text("queued")
+            with running_worker(environment, "--burst"):
+                expect(watched.page.locator("body")).to_have_attribute(
+                    "data-ended", "finished", timeout=60_000
+                )
+            told = watched.page.locator("#log li").all_inner_texts()
+            context.close()
+    assert told[0] == "queued" and told[1] == "started" and told[-1] == "finished"
+    assert "progress page 20" in told  # a slow page render is told while it runs
+    # The little page server has no icon; anything else the console says is a failure.
+    assert [error for error in watched.errors if "favicon.ico" not in error] == []

@@ -193,8 +193,14 @@ def test_a_stream_of_an_ended_job_gives_the_history_at_once_and_the_signed_url_o
     wait_until(lambda: "finished" in kinds(redis_client, job_id), 30, "the job's end")
     reader = EventReader(base, submitted["eventsUrl"], bearer=False)
     assert reader.answer.status == 200
-    told = [m["event"] for m in reader.messages()]
+    messages = list(reader.messages())
+    told = [m["event"] for m in messages]
     assert [kind for kind in told if kind != "progress"] == ["queued", "started", "finished"]
+    # An EventSource reconnects after the end: 204 tells it to stop.
+    after_end = EventReader(base, submitted["eventsUrl"], last_id=messages[-1]["id"],
+                            bearer=False)
+    assert after_end.answer.status == 204
+    after_end.close()
     forged = EventReader(base, f"/api/preview/job/{job_id}/events?token=forged", bearer=False)
     assert forged.answer.status == 401
     other = EventReader(base, submitted["eventsUrl"].replace(job_id, "other-job"), bearer=False)

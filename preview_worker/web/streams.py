@@ -158,7 +158,7 @@ class EventHub:
         if not job_ids:
             return
         oldest = {job_id: min((f.after for f in self.followers.get(job_id, ())),
-                              key=_order, default="") for job_id in job_ids}
+                              key=events.order, default="") for job_id in job_ids}
         try:
             async with self._client().pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
@@ -179,7 +179,7 @@ class EventHub:
 
 def _later(event_id: str, after: str) -> bool:
     """Tell whether a stream id comes after another (an empty one comes before all)."""
-    return _order(event_id) > _order(after)
+    return events.order(event_id) > events.order(after)
 
 
 async def hub_stream(hub: EventHub, job_id: str, after: str,
@@ -196,7 +196,7 @@ async def hub_stream(hub: EventHub, job_id: str, after: str,
                 if not _later(event.id, after):
                     continue
                 after = event.id
-                follower.after = max(follower.after, after, key=_order)
+                follower.after = max(follower.after, after, key=events.order)
                 yield present(event, signer)
                 if event.final:
                     return
@@ -206,10 +206,3 @@ async def hub_stream(hub: EventHub, job_id: str, after: str,
                 found = []
                 yield b": keep-alive\n\n"
 
-
-def _order(event_id: str) -> tuple[int, int]:
-    """Return a stream id's sort key; an empty id sorts first."""
-    if not event_id:
-        return (-1, -1)
-    first, _, second = event_id.partition("-")
-    return (int(first), int(second))
