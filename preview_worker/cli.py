@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import click
 import redis
 
-from preview_worker import dead_letters, queueing, recovery
+from preview_worker import dead_letters, events, queueing, recovery
 from preview_worker.connections import connect
 from preview_worker.embedded_redis import known_redis_url
 from preview_worker.payload_files import (
@@ -24,6 +23,8 @@ from preview_worker.payload_files import (
 from preview_worker.settings import Settings, SettingsError, load_body_limit, load_settings
 from preview_worker.signing import link_artifacts, signer_for
 from preview_worker.supervisor import ServiceError, check_redis
+
+FOLLOW_BLOCK_MS = 2000  # how long `enqueue --wait` waits for events before it reads statuses
 
 
 class ConfigError(click.ClickException):
@@ -261,25 +262,33 @@ def enqueue(settings: Settings, paths: tuple[str, ...], priority: str | None, wa
 def wait_for_all(
     connection: redis.Redis, settings: Settings, job_ids: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """Show a progress bar until every job has ended; return their final statuses.
+    """Follow every job's events with a progress bar until each has ended; return their
+    final statuses.
 
-    The bar moves with each job's own percent, so a single job fills it step by step.
+    The bar moves with each job's own percent, so a single job fills it step by step. Every
+    few quiet seconds the statuses are read too, for a job whose events expired.
     """
     ended: dict[str, dict[str, Any]] = {}
+    percent = dict.fromkeys(job_ids, 0)
+    after = dict.fromkeys(job_ids, "")
     shown = 0
     with click.progressbar(length=100 * len(job_ids), label="rendering", file=sys.stderr) as bar:
         while len(ended) < len(job_ids):
-            done = 0
-            for job_id in job_ids:
-                status = ended.get(job_id) or queueing.job_status(connection, job_id)
+            waiting = {job_id: seen for job_id, seen in after.items() if job_id not in ended}
+            news = events.follow_many(connection, waiting, FOLLOW_BLOCK_MS)
+            for job_id, event in news:
+                after[job_id] = event.id
+                if event.kind == "progress":
+                    percent[job_id] = int(event.data.get("percent", 0))
+            finals = {job_id for job_id, event in news if event.final}
+            for job_id in finals if news else set(waiting):  # quiet: look at every status
+                status = queueing.job_status(connection, job_id)
                 if queueing.has_ended(status):
                     ended[job_id] = status
-                    done += 100
-                else:
-                    done += int((status.get("progress") or {}).get("percent", 0))
+                    percent[job_id] = 100
+            done = sum(percent.values())
             bar.update(done - shown)
             shown = done
-            time.sleep(0.2)
     return ended
 
 

@@ -96,8 +96,19 @@ def order(event_id: str) -> tuple[int, int]:
 
 def follow(connection: redis.Redis, job_id: str, after: str, block_ms: int) -> list[Event]:
     """Return the events after id after, waiting up to block_ms for the first to come."""
-    replies: Any = connection.xread({keys.events_key(job_id): after or "0-0"}, block=block_ms)
-    return [read_entry(entry) for _, entries in replies or [] for entry in entries]
+    return [event for _, event in follow_many(connection, {job_id: after}, block_ms)]
+
+
+def follow_many(
+    connection: redis.Redis, after: dict[str, str], block_ms: int
+) -> list[tuple[str, Event]]:
+    """Return the new events of several jobs, each after its own id, waiting up to block_ms
+    for the first to come: (job id, event) in order for each job."""
+    wanted: Any = {keys.events_key(job_id): seen or "0-0" for job_id, seen in after.items()}
+    replies: Any = connection.xread(wanted, block=block_ms)
+    prefix = keys.events_key("")
+    return [(keys.text(key).removeprefix(prefix), read_entry(entry))
+            for key, entries in replies or [] for entry in entries]
 
 
 def sse(event: Event) -> bytes:

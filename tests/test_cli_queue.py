@@ -173,3 +173,31 @@ def test_a_full_queue_refuses_files_in_enqueue_and_names_them(
     stopped = runner.invoke(cli, ["enqueue", *names], env={"PREVIEW_QUEUE_MAX": "1"})
     assert stopped.exit_code == 1
     assert f"not enqueued: {names[1]} {names[2]}" in stopped.output
+
+
+def test_enqueue_wait_follows_the_events_and_reads_each_status_once(
+    runner: CliRunner, service: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Given a render of a few seconds, `enqueue --wait` learns of its end from its events:
+    it reads the job's status once, at the end, where polling read it every 0.2 s."""
+    from .test_workers import slow_payload
+
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(slow_payload(11)))
+    reads: list[str] = []
+    real = queueing.job_status
+
+    def counted(connection: redis.Redis, job_id: str) -> dict[str, object]:
+        reads.append(job_id)
+        return real(connection, job_id)
+
+    monkeypatch.setattr(queueing, "job_status", counted)
+    worker = start_worker(service, "--concurrency", "1")
+    try:
+        done = runner.invoke(cli, ["enqueue", "--wait", str(slow)])
+    finally:
+        stop(worker)
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[-1] == "1 finished, 0 dead-lettered, 0 canceled"
+    # The render takes seconds; a quiet spell of 2 s may add a look or two, never dozens.
+    assert 1 <= len(reads) <= 4, len(reads)
