@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, g, request, stream_with_context, url_for
 from werkzeug.wsgi import wrap_file
 
-from preview_worker import dead_letters, keys, queueing
+from preview_worker import dead_letters, events, keys, queueing
 from preview_worker.previews import UnknownArtifact, artifact_policy, open_artifact
 from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, first_problems, parse_payload
 from preview_worker.signing import link_artifacts
@@ -165,7 +165,13 @@ def job_events(job_id: str) -> Response:
     connection = shared().connection
     if not connection.exists(keys.job_key(job_id), keys.events_key(job_id)):
         raise queueing.JobNotFound(job_id)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    # The signed URL is the credential, never a cookie: an editor's page on any origin may
+    # follow it.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+               "Access-Control-Allow-Origin": "*"}
+    if after and events.ended_by(connection, job_id, after):
+        # 204 tells an EventSource that reconnects after the end to stop trying.
+        return Response(status=204, headers=headers)
     if request.environ.get(EVENTS_ON_LOOP):
         headers[EVENTS_HANDOFF] = f"{job_id} {after}"
         return Response(b"", content_type="text/event-stream; charset=utf-8", headers=headers)
