@@ -189,9 +189,10 @@ class RunningPool:
 
 
 def ended_count(connection: redis.Redis) -> int:
-    """Return how many jobs ended on the normal queue, finished or not, as the hooks count."""
-    counts = connection.hmget(keys.OUTCOMES, ["normal|succeeded", "normal|dead_lettered"])
-    return sum(int(count or 0) for count in counts)
+    """Return how many jobs ended on any queue, finished or not, as the hooks count them."""
+    fields = [f"{queue}|{outcome}" for queue in queueing.PRIORITIES
+              for outcome in ("succeeded", "dead_lettered")]
+    return sum(int(count or 0) for count in connection.hmget(keys.OUTCOMES, fields))
 
 
 def median_rates(rounds: int, variants: dict[str, Callable[[], Rates]]) -> dict[str, Rates]:
