@@ -21,6 +21,7 @@ from preview_worker import keys
 
 KINDS = ("queued", "started", "progress", "retrying", "finished", "dead-lettered", "canceled")
 FINAL = frozenset({"finished", "dead-lettered", "canceled"})  # the last event of a job
+EVENT_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"  # an event's id: its Redis stream id
 MAX_EVENTS = 200  # entries a stream keeps (trimmed approximately, the cheap way)
 WAIT = 86_400  # seconds a job's events outlive its record at most
 # Words kept on the news stream: a hub that falls this far behind misses news, and its

@@ -6,7 +6,7 @@ import copy
 import functools
 from typing import Any
 
-from preview_worker.events import KINDS
+from preview_worker.events import EVENT_ID_PATTERN, KINDS
 from preview_worker.schema import load_schema
 from preview_worker.settings import Settings
 from preview_worker.web.shared import BATCH_OUTCOMES
@@ -29,7 +29,7 @@ STATUSES = [
 SSE_EVENT = {
     "type": "object",
     "properties": {
-        "id": {"type": "string", "pattern": r"^\d+-\d+$"},
+        "id": {"type": "string", "pattern": EVENT_ID_PATTERN},
         "event": {"enum": list(KINDS)},
         "data": {"type": "string", "contentMediaType": "application/json"},
         "retry": {"type": "integer"},
@@ -37,6 +37,23 @@ SSE_EVENT = {
 }
 # A job's event stream, signed for a browser's EventSource, which sends no headers.
 EVENTS_URL = {"type": "string", "description": "signed, expiring URL of the job's events"}
+
+
+# How a job's webhook went (the status call's answer has it; the webhook's own body not).
+DELIVERIES = {
+    "description": "the job's webhook: null when its payload names none; waiting until the "
+                   "job ends; then pending (retries included), delivered, failed (after the "
+                   "last attempt) or refused (a host it may not call)",
+    "type": ["object", "null"],
+    "required": ["outcome", "attempts", "lastCode", "lastError", "lastAt"],
+    "properties": {
+        "outcome": {"enum": ["waiting", "pending", "delivered", "failed", "refused"]},
+        "attempts": {"type": "integer", "minimum": 0},
+        "lastCode": {"type": ["integer", "null"], "description": "HTTP status of the last answer"},
+        "lastError": {"type": ["string", "null"]},
+        "lastAt": {"type": ["string", "null"]},
+    },
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -188,6 +205,7 @@ def _components() -> dict[str, Any]:
                     "error": {"type": ["object", "null"]},
                     "deadLettered": {"type": "boolean"},
                     "eventsUrl": EVENTS_URL,
+                    "deliveries": DELIVERIES,
                 },
             },
             "DryRun": {
@@ -259,7 +277,7 @@ def _paths() -> dict[str, Any]:
                     "413": _error("too large"),
                     "409": _error("the idempotency key was used for other content"),
                     "415": _error("not application/json"),
-                    "422": _error("invalid payload"),
+                    "422": _error("invalid payload, or a notify.url whose host is not allowed"),
                     **unauthorized,
                     **unavailable,
                 },
@@ -318,7 +336,9 @@ def _paths() -> dict[str, Any]:
                 "security": [{"bearer": []}, {"signedUrl": []}],
                 "parameters": [
                     {"name": "token", "in": "query", "schema": {"type": "string"}},
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                    {"name": "Last-Event-ID", "in": "header",
+                     # Empty is no id at all, as an EventSource's first request has none.
+                     "schema": {"type": "string", "pattern": r"^(\d{1,20}-\d{1,20})?$"}},
                 ],
                 "responses": {
                     "200": {"description": "the events",
@@ -409,6 +429,11 @@ def _paths() -> dict[str, Any]:
                     "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
                     "403": _error("bad or expired signature"),
                     "404": _error("no such artifact"),
+                    "503": _with_header(
+                        _error("the artifact store is unreachable or failing"),
+                        "Retry-After",
+                        "seconds to wait before trying again",
+                    ),
                 },
             }
         },
@@ -431,4 +456,36 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
         "paths": _paths(),
+        "webhooks": _webhooks(),
+    }
+
+
+def _webhooks() -> dict[str, Any]:
+    """Return the request a job's webhook receives when the job ends."""
+    signature = {
+        "name": "Preview-Signature", "in": "header", "required": True,
+        "description": 't=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>"> keyed by '
+                       "PREVIEW_WEBHOOK_SECRET; refuse it when t is far from now",
+        "schema": {"type": "string"},
+    }
+    delivery = {
+        "name": "Preview-Delivery", "in": "header", "required": True,
+        "description": "the delivery's id, the same on every attempt: deduplicate by it",
+        "schema": {"type": "string"},
+    }
+    return {
+        "jobEnded": {
+            "post": {
+                "summary": "A job ended: finished, dead-lettered or canceled",
+                "description": "Sent to the payload's notify.url; any 2xx answer delivers it, "
+                               "anything else is retried with backoff. Artifact URLs are not "
+                               "in it: ask the status call for signed ones.",
+                "parameters": [signature, delivery],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("JobStatus")}},
+                },
+                "responses": {"2XX": {"description": "delivered"}},
+            }
+        }
     }
