@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: all install run test lint audit bench clean
+.PHONY: all install run test test-object-store lint audit bench clean
 
 all: lint test
 
@@ -23,9 +23,17 @@ install: $(INSTALLED)
 run: $(INSTALLED)
 	$(BIN)/preview-worker run $(if $(BIND),--bind $(BIND))
 
-# The tests start their own private redis-server (see tests/conftest.py).
+# The tests that render, store and serve artifacts, run again on the object store.
+OBJECT_STORE_TESTS := tests/test_workers.py tests/test_api.py tests/test_events.py
+
+# The tests start their own private redis-server (see tests/conftest.py), and moto's S3
+# server for the object store (see tests/object_store.py).
 test: $(INSTALLED)
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory test-object-store
+
+test-object-store: $(INSTALLED)
+	PREVIEW_TEST_STORE=s3 $(BIN)/pytest $(OBJECT_STORE_TESTS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -223,9 +223,14 @@ def _admissions(reply: list[Any]) -> list[Admission]:
 
 
 def admit_all(
-    connection: redis.Redis, candidates: list[Candidate], queue_max: int, every_queue: list[str]
+    connection: redis.Redis, candidates: list[Candidate], queue_max: int, every_queue: list[str],
+    wait_for: tuple[int, int] = (0, 0),
 ) -> list[Admission]:
-    """Admit jobs in one round trip, in order, each job atomic; return each one's verdict."""
+    """Admit jobs in one round trip, in order, each job atomic; return each one's verdict.
+
+    wait_for (replicas, ms), from Settings.replica_wait, waits in that same round trip until
+    so many replicas hold the jobs, or raises connections.ReplicasBehind.
+    """
     if not candidates:
         return []
     calls = _calls(candidates, queue_max, every_queue)
@@ -235,7 +240,7 @@ def admit_all(
             pipe.evalsha(SUBMIT_SHA, len(call_keys), *call_keys, *call_args)
 
     # Sent twice only when Redis lacked the script, and then nothing ran the first time.
-    replies = pipelined(connection, fill, [SUBMIT])
+    replies = pipelined(connection, fill, [SUBMIT], wait_for)
     verdicts: dict[int, Admission] = {}
     for (group, _, _), reply in zip(calls, replies, strict=True):
         for candidate, verdict in zip(group, _admissions(reply), strict=True):
@@ -244,7 +249,8 @@ def admit_all(
 
 
 def admit(
-    connection: redis.Redis, candidate: Candidate, queue_max: int, every_queue: list[str]
+    connection: redis.Redis, candidate: Candidate, queue_max: int, every_queue: list[str],
+    wait_for: tuple[int, int] = (0, 0),
 ) -> Admission:
     """Admit one job: one round trip."""
-    return admit_all(connection, [candidate], queue_max, every_queue)[0]
+    return admit_all(connection, [candidate], queue_max, every_queue, wait_for)[0]

@@ -23,6 +23,7 @@ from preview_worker.payload_files import (
 from preview_worker.settings import Settings, SettingsError, load_body_limit, load_settings
 from preview_worker.signing import link_artifacts, signer_for
 from preview_worker.supervisor import ServiceError, check_redis
+from preview_worker.webhooks.hosts import payload_problems
 
 FOLLOW_BLOCK_MS = 2000  # how long `enqueue --wait` waits for events before it reads statuses
 
@@ -231,6 +232,13 @@ def enqueue(settings: Settings, paths: tuple[str, ...], priority: str | None, wa
     if not all(result.valid for result in results):
         print_results([result for result in results if not result.valid])
         sys.exit(exit_code_of(results))
+    # A webhook host the service does not allow is refused here, as the API refuses it.
+    refused_hosts = [(result.name, problem) for result in results
+                     for problem in payload_problems(result.payload, settings)]
+    for name, problem in refused_hosts:
+        click.echo(f"{name}: {problem}", err=True)
+    if refused_hosts:
+        sys.exit(EXIT_INVALID)
     connection = connection_of(settings)
     submissions: list[queueing.Submission] = []
     refused: list[str] = []

@@ -21,6 +21,10 @@ class PreviewRefused(PermanentError):
     """The payload is valid, but its preview passed a bound: too slow or too large to render."""
 
 
+class WebhookRefused(PermanentError):
+    """A webhook's host is not allowed, or resolves to an address it may not reach."""
+
+
 def is_permanent(exc_type: type[BaseException] | None) -> bool:
     """Tell whether a failure of this type goes to the dead-letter queue without retries.
 

@@ -2,7 +2,8 @@
 
 They run in any worker, ours or a stock `rq worker`, so policy travels with the job.
 A hook observes: whatever goes wrong inside it is logged and never fails the job.
-Each hook's writes (the job's meta, its event, its count) go to Redis in one round trip.
+Each hook's writes (the job's meta, its event, its count, at a final end its webhook's
+delivery) go to Redis in one round trip.
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ from preview_worker import events
 from preview_worker.errors import PreviewStopped, is_permanent
 from preview_worker.observe.outcomes import duration_of, record_end, record_outcome
 from preview_worker.status import status_answer
+from preview_worker.webhooks import notices
 
 log = logging.getLogger(__name__)
 
 
-def _with_event(job: Job, kind: str, data: dict[str, Any]) -> Callable[[Any], None]:
-    """Return the writes that go with a count: the job's meta, then its event."""
+def _with_event(
+    job: Job, kind: str, data: dict[str, Any], end: JobStatus | None = None, result: Any = None
+) -> Callable[[Any], None]:
+    """Return the writes that go with a count: the job's meta, its event, and at a final end
+    (the status it ends in) the delivery of its webhook."""
     def writes(pipe: Any) -> None:
         pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
         events.append(pipe, job.id, kind, data, events.lifetime_of(job))
+        if end is not None:
+            notices.schedule(pipe, job, end, result)
     return writes
 
 
@@ -37,7 +44,8 @@ def on_success(job: Job, connection: redis.Redis, result: Any) -> None:
         job.meta["progress"] = {"stage": "done", "percent": 100}
         answer = status_answer(job, JobStatus.FINISHED, result)
         record_end(connection, job, "succeeded", duration_of(job),
-                   also=_with_event(job, "finished", {"status": answer}))
+                   also=_with_event(job, "finished", {"status": answer},
+                                    JobStatus.FINISHED, result))
     except Exception:
         log.exception("success hook of job %s failed", job.id)
 
@@ -62,7 +70,7 @@ def on_failure(
         duration = duration_of(job)
         if exc_type is not None and issubclass(exc_type, PreviewStopped):
             record_end(connection, job, "canceled", duration,
-                       also=_with_event(job, "canceled", {"reason": reason}))
+                       also=_with_event(job, "canceled", {"reason": reason}, JobStatus.STOPPED))
         elif job.retries_left:
             retry = {"reason": reason, "delay": job.get_retry_interval(),
                      "attempt": len(job.meta.get("attempts", []))}
@@ -70,7 +78,8 @@ def on_failure(
                            also=_with_event(job, "retrying", retry))
         else:
             record_end(connection, job, "dead_lettered", duration,
-                       also=_with_event(job, "dead-lettered", {"reason": reason}))
+                       also=_with_event(job, "dead-lettered", {"reason": reason},
+                                        JobStatus.FAILED))
     except Exception:
         log.exception("failure hook of job %s failed", job.id)
 
@@ -80,7 +89,8 @@ def on_stopped(job: Job, connection: redis.Redis) -> None:
     try:
         reason = {"type": "PreviewStopped", "message": "stopped on request"}
         job.meta["failure"] = reason
-        record_end(connection, job, "canceled", also=_with_event(job, "canceled",
-                                                                 {"reason": reason}))
+        record_end(connection, job, "canceled", also=_with_event(
+            job, "canceled", {"reason": reason}, JobStatus.STOPPED
+        ))
     except Exception:
         log.exception("stop hook of job %s failed", job.id)

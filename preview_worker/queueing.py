@@ -23,12 +23,16 @@ from preview_worker.retries import backoff_delays, retry_policy
 from preview_worker.schema import default_of
 from preview_worker.settings import Settings
 from preview_worker.status import RESUBMITTABLE, status_answer
+from preview_worker.webhooks import notices
 
 PRIORITIES = ("high", "normal", "low")  # workers listen in this order: strict priority
 DEFAULT_PRIORITY: str = default_of("priority")
 RENDER_FUNCTION = "preview_worker.jobs.render_preview"
 # Payload fields that say how to deliver a job, not what to render: not part of its identity.
-DELIVERY_FIELDS = ("priority", "requestId", "idempotencyKey")
+DELIVERY_FIELDS = ("priority", "requestId", "idempotencyKey", "notify")
+# The queue of webhook deliveries: not a priority and never counted for backpressure, but
+# our workers serve it first (deliveries are small and must not wait behind renders).
+WEBHOOKS = "webhooks"
 ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
 
@@ -94,6 +98,11 @@ def queue_names(settings: Settings) -> list[str]:
     return [queue_name(settings, priority) for priority in PRIORITIES]
 
 
+def worker_queue_names(settings: Settings) -> list[str]:
+    """Return the queues our workers listen on, in order: webhook deliveries, then priorities."""
+    return [queue_name(settings, WEBHOOKS), *queue_names(settings)]
+
+
 def queues(connection: redis.Redis, settings: Settings) -> list[Queue]:
     """Return the queues, highest priority first."""
     return [Queue(name, connection=connection) for name in queue_names(settings)]
@@ -149,7 +158,9 @@ def submit(
     Raises IdempotencyConflict or QueueFull, having enqueued nothing.
     """
     candidate = _candidate(settings, payload, request_id, function)
-    verdict = admit(connection, candidate, settings.queue_max, queue_names(settings))
+    verdict = admit(
+        connection, candidate, settings.queue_max, queue_names(settings), settings.replica_wait
+    )
     return _settled(connection, settings, candidate, verdict)
 
 
@@ -169,7 +180,9 @@ def submit_many(
         _candidate(settings, payload, payload.get("requestId") or request_id, RENDER_FUNCTION)
         for payload in payloads
     ]
-    verdicts = admit_all(connection, candidates, settings.queue_max, queue_names(settings))
+    verdicts = admit_all(
+        connection, candidates, settings.queue_max, queue_names(settings), settings.replica_wait
+    )
     outcomes: list[Submission | Exception] = []
     for candidate, verdict in zip(candidates, verdicts, strict=True):
         try:
@@ -218,6 +231,9 @@ def _candidate(
         "contentDigest": digest,
         "progress": {"stage": "queued", "percent": 0},
     }
+    delivery = notices.policy(payload, queue_name(settings, WEBHOOKS), settings)
+    if delivery is not None:
+        meta[notices.POLICY] = delivery
     # Each job draws its own back-off, so jobs that fail together retry apart.
     intervals = backoff_delays(settings) if settings.retry_max else None
     return Candidate(
@@ -273,7 +289,8 @@ def _resubmit(connection: redis.Redis, settings: Settings, candidate: Candidate)
         current = _fetch(connection, job_id)
         if current is not None and current.get_status() in RESUBMITTABLE:
             current.delete()
-        verdict = admit(connection, candidate, settings.queue_max, queue_names(settings))
+        verdict = admit(connection, candidate, settings.queue_max, queue_names(settings),
+                        settings.replica_wait)
     return _settled(connection, settings, candidate, verdict, may_resubmit=False)
 
 
@@ -290,7 +307,9 @@ def job_status(connection: redis.Redis, job_id: str) -> dict[str, Any]:
     job = get_job(connection, job_id)
     status = job.get_status()
     result = job.return_value() if status == JobStatus.FINISHED else None
-    return status_answer(job, status, result)
+    answer = status_answer(job, status, result)
+    answer["deliveries"] = notices.deliveries_of(connection, job)
+    return answer
 
 
 def has_ended(status: dict[str, Any]) -> bool:
@@ -320,9 +339,12 @@ def cancel(connection: redis.Redis, job_id: str) -> str:
             except WatchError:
                 continue
     reason = {"type": "Canceled", "message": "canceled on request"}
-    record_end(connection, job, "canceled", also=lambda pipe: events.append(
-        pipe, job.id, "canceled", {"reason": reason}, events.lifetime_of(job)
-    ))
+
+    def writes(pipe: Any) -> None:
+        events.append(pipe, job.id, "canceled", {"reason": reason}, events.lifetime_of(job))
+        notices.schedule(pipe, job, JobStatus.CANCELED)
+
+    record_end(connection, job, "canceled", also=writes)
     forget(connection, job.id, end_key_of(job))
     return JobStatus.CANCELED.value
 

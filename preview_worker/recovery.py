@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import redis
 from redis.exceptions import WatchError
@@ -32,6 +33,7 @@ from preview_worker.observe.outcomes import (
     record_outcome,
     settle_ends,
 )
+from preview_worker.webhooks import notices
 
 log = logging.getLogger(__name__)
 
@@ -315,12 +317,14 @@ def _dead_letter(
         )
         pipe.execute()
     canceled = why == STOPPED_WHILE_DEAD
-    record_end(
-        connection, job, "canceled" if canceled else "dead_lettered",
-        also=lambda pipe: events.append(
+
+    def writes(pipe: Any) -> None:
+        events.append(
             pipe, job.id, "canceled" if canceled else "dead-lettered",
             {"reason": {"type": kind, "message": message}}, events.lifetime_of(job),
-        ),
-    )
+        )
+        notices.schedule(pipe, job, JobStatus.FAILED)
+
+    record_end(connection, job, "canceled" if canceled else "dead_lettered", also=writes)
     forget(connection, job.id, end_key_of(job))
     report.dead_lettered.append(job.id)

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 T = TypeVar("T")
 
 ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+SENTINEL_SCHEME = "redis+sentinel"  # redis+sentinel://[[user]:password@]host[:port],.../name[/db]
+SENTINEL_PORT = 26379  # Sentinel's own default port
+# A primary's name as Sentinel monitors it (sentinel monitor <name> ...); no '/' or spaces.
+SENTINEL_SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# One sentinel of the URL: a name or IPv4 address, or an IPv6 one in brackets; a port or not.
+SENTINEL_HOST = re.compile(
+    r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?$"
+)
+SENTINEL_OPTIONS = ("sentinel_password",)  # the query arguments a Sentinel URL may carry
+REPLICA_TIMEOUT_MAX = 5_000  # ms; well under the sockets' 10 s timeout, which WAIT must not hit
 # Also a prefix of job ids, so only the characters RQ allows in those.
 QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 URL_USERINFO = re.compile(
@@ -77,6 +88,18 @@ class Settings:
     # PREVIEW_RENDER_CACHE_MB; MiB each worker process keeps of earlier renders (thumbnails,
     # Markdown, highlighted code) for resubmitted edits; 0 turns the reuse off
     render_cache_mb: int = 64
+    # PREVIEW_WEBHOOK_HOSTS; comma-separated host or host:port (IPv6 in brackets) that a
+    # payload's notify.url may name (no port: the scheme's own); none: webhooks are off
+    webhook_hosts: tuple[str, ...] = ()
+    webhook_secret: str = ""  # PREVIEW_WEBHOOK_SECRET; signs webhook bodies (HMAC-SHA256)
+    webhook_retry_max: int = 5  # PREVIEW_WEBHOOK_RETRY_MAX; retries of a failed delivery
+    # PREVIEW_WEBHOOK_RETRY_BASE_DELAY; seconds before a delivery's first retry, doubled
+    # each time up to an hour, jittered
+    webhook_retry_base_delay: float = 30.0
+    # PREVIEW_REPLICA_ACKS; replicas that must hold a submitted job before it is answered
+    # (Redis WAIT, in the submit's own round trip); fewer in time: 503; 0: do not wait
+    replica_acks: int = 0
+    replica_timeout_ms: int = 500  # PREVIEW_REPLICA_TIMEOUT_MS; ms a submit waits for them
     log_level: str = "INFO"  # PREVIEW_LOG_LEVEL
 
     @property
@@ -84,12 +107,18 @@ class Settings:
         """Whether the service runs in production mode."""
         return self.environment == "production"
 
+    @property
+    def replica_wait(self) -> tuple[int, int]:
+        """Return what a submit waits for: so many replicas' acknowledgement, so many ms."""
+        return self.replica_acks, self.replica_timeout_ms
+
     def __repr__(self) -> str:
-        """Show every setting but the secrets: tokens and key as ***, the URL's password too."""
+        """Show every setting but the secrets: tokens, keys as ***, the URL's password too."""
         shown = {item.name: getattr(self, item.name) for item in fields(self)}
         shown["redis_url"] = self.redis_url and redact_url(self.redis_url)
         shown["api_tokens"] = tuple("***" for _ in self.api_tokens)
         shown["signing_key"] = "***" if self.signing_key else ""
+        shown["webhook_secret"] = "***" if self.webhook_secret else ""
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
 
@@ -124,14 +153,20 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
 
 
 def _redis_url(name: str, raw: str) -> str:
-    """Check that a Redis URL has a known scheme and a host or socket path."""
+    """Check that a Redis URL has a known scheme and a host or socket path, or sentinels."""
     value = raw.strip()
     parts = urlsplit(value)
     if parts.scheme not in REDIS_SCHEMES:
         raise SettingsError(
-            f"{name} must be a URL starting with redis://, rediss:// or unix://, "
-            f"got {redact_url(value)!r}"
+            f"{name} must be a URL starting with redis://, rediss://, unix:// or "
+            f"redis+sentinel://, got {redact_url(value)!r}"
         )
+    if parts.scheme == SENTINEL_SCHEME:
+        try:
+            parse_sentinel_url(value)
+        except ValueError as error:
+            raise SettingsError(f"{name} {error}: {redact_url(value)!r}") from None
+        return value
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
@@ -139,6 +174,62 @@ def _redis_url(name: str, raw: str) -> str:
     if parts.scheme == "unix" and not parts.path or parts.scheme != "unix" and not parts.hostname:
         raise SettingsError(f"{name} names no host or socket: {redact_url(value)!r}")
     return value
+
+
+@dataclass(frozen=True, repr=False)
+class SentinelURL:
+    """A redis+sentinel:// URL taken apart: the sentinels, the primary's name, the login."""
+
+    sentinels: tuple[tuple[str, int], ...]  # (host, port) of each sentinel, as listed
+    service: str  # the primary's name in Sentinel's configuration
+    db: int = 0
+    username: str | None = None  # of the primary and its replicas (ACL), not of the sentinels
+    password: str | None = None  # of the primary and its replicas
+    sentinel_password: str | None = None  # of the sentinels themselves, if they ask for one
+
+    def __repr__(self) -> str:
+        """Show where the sentinels are and what they serve, never a password."""
+        hosts = ",".join(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.sentinels
+        )
+        return f"SentinelURL({hosts}/{self.service}/{self.db})"
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Take a redis+sentinel:// URL apart, raising ValueError that says what is wrong.
+
+    The form is rq-dashboard's (Redis-Sentinel-Url's):
+    redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/name[/db]
+    [?sentinel_password=...]; ports default to 26379, the database to 0.
+    """
+    rest = url.strip().removeprefix(f"{SENTINEL_SCHEME}://")
+    # The user info runs to the last '@', as redact_url reads it: a password may hold '/'.
+    userinfo, at, location = rest.rpartition("@")
+    netloc = re.split(r"[/?#]", location, maxsplit=1)[0]
+    parts = urlsplit(f"{SENTINEL_SCHEME}://host{location[len(netloc):]}")
+    sentinels = []
+    for item in netloc.split(","):
+        found = SENTINEL_HOST.match(item.strip())
+        port = int(found["port"]) if found and found["port"] else SENTINEL_PORT
+        if not found or not 0 < port < 65536:
+            raise ValueError("must list sentinels as host:port,host:port")
+        sentinels.append((found["host"].strip("[]"), port))
+    service, _, db = parts.path.removeprefix("/").partition("/")
+    if not SENTINEL_SERVICE.match(service) or db and not re.fullmatch(r"[0-9]{1,5}", db):
+        raise ValueError("must name the primary after the sentinels: /name or /name/db")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    unknown = sorted({key for key, _ in query} - set(SENTINEL_OPTIONS))
+    if unknown or parts.fragment:
+        raise ValueError(f"takes no option but {', '.join(SENTINEL_OPTIONS)}")
+    user, colon, password = userinfo.partition(":")
+    return SentinelURL(
+        sentinels=tuple(sentinels),
+        service=service,
+        db=int(db or 0),
+        username=unquote(user) or None if at else None,
+        password=unquote(password) if at and colon else None,
+        sentinel_password=dict(query).get("sentinel_password") or None,
+    )
 
 
 def _queue_name(name: str, raw: str) -> str:
@@ -207,6 +298,45 @@ def _frame_ancestors(name: str, raw: str) -> str:
                 "https://editor.example.com, separated by spaces"
             )
     return " ".join(source.rstrip("/") for source in sources)
+
+
+# One entry of PREVIEW_WEBHOOK_HOSTS, lowercased: a host name, an IPv4 address or a bracketed
+# IPv6 address, and an optional port.
+WEBHOOK_HOST = re.compile(
+    r"^(?P<host>[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?$"
+)
+
+
+def _webhook_hosts(name: str, raw: str) -> tuple[str, ...]:
+    """Split the webhook hosts: host or host:port each, IPv6 in brackets, written in one way."""
+    entries = []
+    for item in raw.split(","):
+        entry = item.strip().lower()
+        if not entry:
+            continue
+        found = WEBHOOK_HOST.match(entry)
+        port = found and found["port"]
+        if not found or port and not 0 < int(port) < 65536:
+            raise SettingsError(
+                f"{name} holds {item.strip()!r}, not host or host:port (hooks.example.com, "
+                "127.0.0.1:8123, [::1]:8123)"
+            )
+        host = found["host"]
+        if host.startswith("["):
+            try:
+                host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+            except ValueError:
+                raise SettingsError(f"{name} holds {item.strip()!r}: no IPv6 address") from None
+        entries.append(f"{host}:{int(port)}" if port else host)
+    return tuple(entries)
+
+
+def _secret(name: str, raw: str) -> str:
+    """Read a secret key, refusing one too short to be secret."""
+    value = raw.strip()
+    if len(value) < 16:
+        raise SettingsError(f"{name} must be at least 16 characters long")
+    return value
 
 
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's rules for bucket names
@@ -297,7 +427,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         return lambda name, raw: _choice(name, fold(raw), choices)
 
     store_url = read("PREVIEW_STORE_URL", _store_url, defaults.store_url)
-    return Settings(
+    settings = Settings(
         redis_url=read("REDIS_URL", _redis_url, defaults.redis_url),
         data_dir=read("DATA_DIR", lambda _name, raw: Path(raw.strip()), defaults.data_dir),
         store_url=store_url,
@@ -342,8 +472,29 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_batch_bytes=read("PREVIEW_MAX_BATCH_BYTES", whole(1024), defaults.max_batch_bytes),
         render_cache_mb=read("PREVIEW_RENDER_CACHE_MB", whole(0), defaults.render_cache_mb),
         artifact_url_ttl=read("PREVIEW_ARTIFACT_URL_TTL", whole(1), defaults.artifact_url_ttl),
+        webhook_hosts=read("PREVIEW_WEBHOOK_HOSTS", _webhook_hosts, defaults.webhook_hosts),
+        webhook_secret=read("PREVIEW_WEBHOOK_SECRET", _secret, defaults.webhook_secret),
+        webhook_retry_max=read("PREVIEW_WEBHOOK_RETRY_MAX", whole(0), defaults.webhook_retry_max),
+        webhook_retry_base_delay=read(
+            "PREVIEW_WEBHOOK_RETRY_BASE_DELAY", seconds(0), defaults.webhook_retry_base_delay
+        ),
+        replica_acks=read("PREVIEW_REPLICA_ACKS", whole(0), defaults.replica_acks),
+        replica_timeout_ms=read(
+            "PREVIEW_REPLICA_TIMEOUT_MS", whole(1), defaults.replica_timeout_ms
+        ),
         log_level=read("PREVIEW_LOG_LEVEL", one_of(LOG_LEVELS), defaults.log_level),
     )
+    if settings.replica_timeout_ms > REPLICA_TIMEOUT_MAX:
+        raise SettingsError(
+            f"PREVIEW_REPLICA_TIMEOUT_MS must be at most {REPLICA_TIMEOUT_MAX}, "
+            f"got {settings.replica_timeout_ms}"
+        )
+    if settings.production and settings.webhook_hosts and not settings.webhook_secret:
+        raise SettingsError(
+            "PREVIEW_WEBHOOK_SECRET must be set in production while PREVIEW_WEBHOOK_HOSTS is: "
+            "it signs every webhook"
+        )
+    return settings
 
 
 def load_body_limit(environ: Mapping[str, str] | None = None) -> Settings:

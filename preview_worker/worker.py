@@ -157,7 +157,8 @@ def run_worker(
     configure_logging(settings.log_level)  # RQ adds no handler of its own when one exists
     connection = connect(redis_url)
     worker = WORKER_CLASSES[kind](
-        queueing.queues(connection, settings),
+        # Webhook deliveries first: small, and never to wait behind a backlog of renders.
+        [Queue(name, connection=connection) for name in queueing.worker_queue_names(settings)],
         connection=connection,
         name=worker_name(kind, index),
         default_result_ttl=settings.result_ttl,
@@ -180,7 +181,7 @@ class PoolOptions:
 
 @dataclass
 class WorkerPool:
-    """Several worker processes on high, normal and low, replaced when they exit."""
+    """Several worker processes on webhooks, high, normal and low, replaced when they exit."""
 
     redis_url: str
     settings: Settings

@@ -7,10 +7,15 @@ so refusals come from the server exactly as S3 sends them, never from a mocked c
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
 import json
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,6 +64,9 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         """Start the server, make the writer's keys, then have it check every request."""
+        # A missing moto fails the tests that need it, never skips them (CI must run them).
+        if importlib.util.find_spec("moto.server") is None:
+            raise ObjectStoreUnavailable("moto is not installed: pip install -e '.[dev]'")
         for _attempt in range(3):  # another process may take the free port first
             self.port = free_port()
             self.process = subprocess.Popen(
@@ -188,6 +196,102 @@ class ObjectStore:
         iam = self.server.iam
         if REFUSAL in iam.list_user_policies(UserName=USER)["PolicyNames"]:
             iam.delete_user_policy(UserName=USER, PolicyName=REFUSAL)
+
+
+class Relay(socketserver.BaseRequestHandler):
+    """One connection through a Link: bytes both ways until either side closes."""
+
+    server: LinkServer
+
+    def handle(self) -> None:
+        """Connect to the target, then copy each side's bytes to the other."""
+        try:
+            upstream = socket.create_connection(self.server.target, timeout=5)
+        except OSError:
+            return
+        upstream.settimeout(None)
+        with upstream, self.server.held(self.request), self.server.held(upstream):
+            copier = threading.Thread(target=copy, args=(upstream, self.request), daemon=True)
+            copier.start()
+            copy(self.request, upstream)
+            copier.join()
+
+
+def copy(source: socket.socket, target: socket.socket) -> None:
+    """Copy bytes from one socket to another until either closes; then close both ways."""
+    try:
+        while data := source.recv(65_536):
+            target.sendall(data)
+    except OSError:
+        pass
+    for side in (source, target):
+        with contextlib.suppress(OSError):
+            side.shutdown(socket.SHUT_RDWR)
+
+
+class LinkServer(socketserver.ThreadingTCPServer):
+    """The listening side of a Link, which remembers its open connections to cut them."""
+
+    daemon_threads = True
+    allow_reuse_address = True  # restored on the same port at once
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        """Listen on a loopback port; relay every connection to target."""
+        super().__init__(("127.0.0.1", port), Relay)
+        self.target = target
+        self.open: set[socket.socket] = set()
+        self.open_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self, connection: socket.socket) -> Iterator[None]:
+        """Remember a connection while it is relayed."""
+        with self.open_lock:
+            self.open.add(connection)
+        try:
+            yield
+        finally:
+            with self.open_lock:
+                self.open.discard(connection)
+
+    def cut(self) -> None:
+        """Stop listening and break every relayed connection."""
+        self.shutdown()
+        self.server_close()
+        with self.open_lock:
+            for connection in self.open:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+
+class Link:
+    """A TCP relay on loopback to a server, cut and restored on demand: a network outage.
+
+    While cut, nothing listens on its port (connections are refused) and the connections
+    it carried are broken; restored, it listens on the same port again.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        """Prepare a relay to a loopback port; start() opens it."""
+        self.target = ("127.0.0.1", target_port)
+        self.port = free_port()
+        self.server: LinkServer | None = None
+
+    @property
+    def url(self) -> str:
+        """The http:// URL of the relay."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Link:
+        """Listen and relay (again, after a cut)."""
+        self.server = LinkServer(self.port, self.target)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        """Refuse new connections and break the open ones."""
+        if self.server is not None:
+            self.server.cut()
+            self.server = None
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,10 @@ _sre: Any = importlib.import_module("re._parser" if sys.version_info >= (3, 11) 
 
 Path = tuple[str | int, ...]
 
-ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "default"})
+# "format" too: in draft 2020-12 it annotates, and neither validator asserts it.
+ANNOTATIONS = frozenset(
+    {"$schema", "$id", "$comment", "title", "description", "default", "format"}
+)
 STRUCTURE = frozenset({"$defs", "$ref", "properties", "items"})
 # Every assertion keyword both the instance strategy and the mutations understand.
 RULES = frozenset(

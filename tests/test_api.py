@@ -13,12 +13,15 @@ from flask.testing import FlaskClient
 
 from preview_worker import queueing
 from preview_worker.settings import Settings, SettingsError
+from preview_worker.store import FileStore
+from preview_worker.store.s3 import S3Store
 from preview_worker.web.openapi import openapi_document
 from preview_worker.web.shared import preview_of
 from preview_worker.worker import PreviewWorker
 
 from .conftest import API_TOKEN as TOKEN
 from .conftest import AppMaker, load_payload, payload
+from .object_store import ObjectStore
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -364,6 +367,17 @@ def test_the_description_asks_for_a_token_exactly_where_the_api_does(app: Flask)
             assert (response.status_code == 401) == required, f"{method.upper()} {template}"
 
 
+def test_artifacts_are_served_from_the_store_under_test(
+    app: Flask, store_under_test: ObjectStore | None
+) -> None:
+    """The object-store run (PREVIEW_TEST_STORE=s3) serves from its bucket, the other from files."""
+    store = preview_of(app).store
+    if store_under_test is None:
+        assert isinstance(store, FileStore)
+    else:
+        assert isinstance(store, S3Store) and store.bucket == store_under_test.bucket
+
+
 def test_an_artifact_is_streamed_not_read_whole(app: Flask) -> None:
     """Given a 32 MiB stored page, serving it holds a few blocks in memory, not the file."""
     import tracemalloc
@@ -371,7 +385,7 @@ def test_an_artifact_is_streamed_not_read_whole(app: Flask) -> None:
     shared = preview_of(app)
     digest = "ab" * 32
     page = b"<p>" + b"x" * (32 << 20) + b"</p>"
-    shared.store.put(digest, {"index.html": page})
+    shared.store.put(digest, {"index.html": page, "manifest.json": b"{}"})
     link = shared.signer.url(digest, "index.html")
     tracemalloc.start()
     try:
@@ -496,7 +510,7 @@ def test_who_may_frame_an_artifact_is_a_setting(
     """Given PREVIEW_FRAME_ANCESTORS (none by default), the artifact's CSP lets those frame it."""
     app = make_app(PREVIEW_FRAME_ANCESTORS=setting)
     shared = preview_of(app)
-    shared.store.put("ef" * 32, {"index.html": b"<p>x</p>"})
+    shared.store.put("ef" * 32, {"index.html": b"<p>x</p>", "manifest.json": b"{}"})
     with app.test_client().get(shared.signer.url("ef" * 32, "index.html")) as page:
         policy = page.headers["Content-Security-Policy"]
     assert policy.endswith(f"frame-ancestors {ancestors}")

@@ -28,6 +28,8 @@ WORKER_SIDE = [
     "preview_worker.logs",
     "preview_worker.store",
     "preview_worker.observe.outcomes",
+    "preview_worker.webhooks.delivery",
+    "preview_worker.webhooks.notices",
 ]
 
 

@@ -201,3 +201,15 @@ def test_enqueue_wait_follows_the_events_and_reads_each_status_once(
     assert done.stdout.splitlines()[-1] == "1 finished, 0 dead-lettered, 0 canceled"
     # The render takes seconds; a quiet spell of 2 s may add a look or two, never dozens.
     assert 1 <= len(reads) <= 4, len(reads)
+
+
+def test_enqueue_refuses_a_webhook_host_the_service_does_not_allow(
+    runner: CliRunner, service: dict[str, str], redis_client: redis.Redis, settings: Settings
+) -> None:
+    """Given a payload whose notify URL names a host not in PREVIEW_WEBHOOK_HOSTS, the command
+    refuses it, as the API does, and enqueues nothing."""
+    notify = str(PAYLOADS / "preview_payload_notify.json")
+    refused = runner.invoke(cli, ["enqueue", notify], env={"PREVIEW_WEBHOOK_HOSTS": ""})
+    assert refused.exit_code == 1, refused.output
+    assert "/notify/url" in refused.stderr
+    assert queueing.queued_count(redis_client, settings) == 0

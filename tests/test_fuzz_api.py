@@ -61,7 +61,12 @@ def fuzz_schema(**extra: Any) -> schemathesis.BaseSchema:
     )
     # A copy: schemathesis writes the links it infers into the dict it is given, and
     # openapi_document() hands every caller in this process the same cached one.
-    return schemathesis.openapi.from_dict(copy.deepcopy(openapi_document()), config=config)
+    document = copy.deepcopy(openapi_document())
+    # notify.url must name a host the deployment allows (PREVIEW_WEBHOOK_HOSTS), which no
+    # description can spell: the fuzzed copy leaves notify out, so a body with one is data it
+    # forbids, refused with 422 as the served API (webhooks off here) refuses it.
+    del document["components"]["schemas"]["Payload"]["properties"]["notify"]
+    return schemathesis.openapi.from_dict(document, config=config)
 
 
 # schemathesis makes one test per operation while pytest collects, before any server

@@ -45,6 +45,7 @@ def test_healthy_with_a_live_worker_process_running_the_scheduler(
     assert report["redis"]["ok"] is True and report["redis"]["latencyMs"] >= 0
     assert report["workers"]["live"] == 1
     assert report["scheduler"] is True
+    assert report["store"]["ok"] is True and report["store"]["latencyMs"] >= 0
     assert {name: queue["depth"] for name, queue in report["queues"].items()} == {
         "high": 0, "normal": 0, "low": 0
     }
@@ -99,6 +100,23 @@ def test_dead_letter_count_skips_expired_entries_and_cleans_nothing(
     answer = health_report(redis_client, settings).as_dict()
     assert answer["queues"]["normal"]["dlqSize"] == 1
     assert redis_client.zcard(registry_key) == 2
+
+
+def test_a_store_that_cannot_be_written_fails_health_and_says_why(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Given DATA_DIR under a file, health is not ok, naming the store and why; Redis is fine."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("DATA_DIR cannot live under a file", "utf-8")
+    settings = load_settings(service_environment(redis_url, blocker / "data"))
+    report = health_report(redis_client, settings)
+    answer = report.as_dict()
+    assert report.ok is False and answer["redis"]["ok"] is True
+    assert answer["store"] == {"ok": False, "latencyMs": None, "url": f"file://{blocker}/data",
+                               "error": answer["store"]["error"]}
+    assert "StorageError: cannot write under" in answer["store"]["error"]
+    assert any(problem.startswith(f"the artifact store at file://{blocker}/data cannot be used")
+               for problem in answer["problems"])
 
 
 def test_unreachable_redis_answers_fast_without_the_password(settings: Settings) -> None:

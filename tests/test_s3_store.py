@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+import redis
 from flask.testing import FlaskClient
 
+from preview_worker import health, keys, queueing
 from preview_worker.embedded_redis import free_port
 from preview_worker.errors import is_permanent
 from preview_worker.previews import UnknownArtifact, open_artifact, read_manifest, store_preview
@@ -33,7 +36,9 @@ from preview_worker.store.s3 import S3Store
 from preview_worker.web.shared import preview_of
 
 from .conftest import API_TOKEN, AppMaker, load_payload
-from .object_store import ObjectStore
+from .object_store import Link, ObjectStore
+from .processes import wait_until
+from .test_health import register_worker
 
 MINIMAL = "preview_payload_minimal.json"
 FULL = "preview_payload_full.json"
@@ -284,6 +289,117 @@ def test_a_store_that_never_answers_is_unreachable_after_its_read_timeout(
     with pytest.raises(StoreUnreachable):
         store.exists(A_KEY)
     assert 1.0 <= time.monotonic() - started < 4  # two attempts of half a second, and a pause
+
+
+def test_the_check_is_one_head_of_the_bucket(object_store: ObjectStore) -> None:
+    """Given the bucket, check() sends one HeadBucket; a bucket that is gone is refused."""
+    store = s3_store(object_store)
+    sent = requests_of(store)
+    store.check()
+    assert sent == ["HeadBucket"]
+    gone = S3Store.from_url(f"s3://no-such-{object_store.bucket}/p", object_store.endpoint_url)
+    with pytest.raises(StorageError, match="refused to look up the bucket") as refused:
+        gone.check()
+    assert not isinstance(refused.value, StoreUnreachable)
+    cut = S3Store.from_url(object_store.url, f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StoreUnreachable):
+        cut.check()
+
+
+def pretend_a_live_worker(connection: redis.Redis, settings: Settings) -> None:
+    """Record a live worker of ours that holds every scheduler lock: health then rests on Redis
+    and the store alone.
+    """
+    name = f"{keys.OUR_WORKER_PREFIX}elsewhere-1-0"
+    register_worker(connection, name)
+    connection.set(keys.worker_alive_key(name), 1, ex=300)
+    for queue in queueing.queue_names(settings):
+        connection.set(keys.scheduler_lock_key(queue), name, ex=300)
+
+
+HEALTH = "/api/preview/worker/health"
+
+
+def test_a_store_cut_off_answers_503_and_health_says_so_until_it_is_back(
+    object_store: ObjectStore, make_app: AppMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given the network to the store cut, an artifact answers 503 store_unavailable with
+    Retry-After and health answers 503 naming the store; restored, both answer 200 again.
+    """
+    monkeypatch.setattr(health, "STORE_FRESH", 1.0)
+    link = Link(object_store.server.port).start()
+    try:
+        app = make_app(PREVIEW_STORE_URL=object_store.url, PREVIEW_S3_ENDPOINT_URL=link.url)
+        parts = preview_of(app)
+        stored = store_preview(parts.store, load_payload(MINIMAL))
+        pretend_a_live_worker(parts.connection, parts.settings)
+        client = app.test_client()
+        page = parts.signer.url(stored.hash, "index.html")
+        assert client.get(page).status_code == 200
+        assert client.get(HEALTH).get_json()["store"]["ok"] is True
+
+        link.cut()
+        refused = client.get(page)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+        assert refused.get_json()["error"] == "store_unavailable"
+        assert "unreachable" in refused.get_json()["message"]
+        # The store's last answer stands for a few seconds: the report turns within them.
+        wait_until(lambda: client.get(HEALTH).status_code == 503, 10, "health to answer 503")
+        report = client.get(HEALTH).get_json()
+        assert report["redis"]["ok"] is True and report["workers"]["live"] == 1
+        assert report["store"]["ok"] is False and report["store"]["url"] == object_store.url
+        assert report["store"]["error"]
+        assert [problem for problem in report["problems"] if "artifact store" in problem]
+        assert len(report["problems"]) == 1
+
+        link.start()
+        wait_until(lambda: client.get(HEALTH).status_code == 200, 10, "health to answer 200")
+        assert client.get(HEALTH).get_json()["problems"] == []
+        served = client.get(page)
+        assert served.status_code == 200 and served.data == parts.store.read(stored.hash,
+                                                                              "index.html")
+    finally:
+        link.cut()
+
+
+def test_health_asks_the_store_once_in_a_few_seconds(
+    object_store: ObjectStore, redis_client: redis.Redis, settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given reports in quick succession, one HeadBucket answers them all until it is stale."""
+    settings = load_settings({"DATA_DIR": str(settings.data_dir), **object_store.environment()})
+    store = store_for(settings)
+    assert isinstance(store, S3Store)
+    sent = requests_of(store)
+    reports = [health.health_report(redis_client, settings) for _ in range(5)]
+    assert sent == ["HeadBucket"] and all(report.store.ok for report in reports)
+    monkeypatch.setattr(health, "STORE_FRESH", 0.0)
+    assert health.health_report(redis_client, settings).store.ok
+    assert sent == ["HeadBucket", "HeadBucket"]
+
+
+def test_health_waits_for_a_silent_store_once_and_checks_it_on_one_thread(
+    object_store: ObjectStore, redis_client: redis.Redis, silent_port: int, data_dir: Path
+) -> None:
+    """Given a store that takes connections and never answers, a report says so within
+    STORE_TIMEOUT; the next ones answer at once, the one check still running.
+    """
+    settings = load_settings({"DATA_DIR": str(data_dir), "PREVIEW_STORE_URL": object_store.url,
+                              "PREVIEW_S3_ENDPOINT_URL": f"http://127.0.0.1:{silent_port}"})
+    started = time.monotonic()
+    first = health.health_report(redis_client, settings)
+    waited = time.monotonic() - started
+    assert health.STORE_TIMEOUT <= waited < health.STORE_TIMEOUT + 1
+    assert first.ok is False and first.store.ok is False
+    assert "has not answered for 2.0 s" in str(first.store.error)
+    checking = [thread for thread in threading.enumerate() if thread.name == "store-check"]
+    started = time.monotonic()
+    again = [health.health_report(redis_client, settings) for _ in range(3)]
+    assert time.monotonic() - started < 0.5
+    assert all(not report.store.ok and "has not answered" in str(report.store.error)
+               for report in again)
+    still = [thread for thread in threading.enumerate() if thread.name == "store-check"]
+    assert still == checking and checking, "no second check while the first one hangs"
 
 
 # Settings and the choice of store ------------------------------------------------------

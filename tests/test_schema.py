@@ -36,9 +36,12 @@ def load(path: Path) -> Any:
     return json.loads(path.read_text("utf-8"))
 
 
-@pytest.mark.parametrize("name", ["preview_payload_minimal.json", "preview_payload_full.json"])
+@pytest.mark.parametrize(
+    "name",
+    ["preview_payload_minimal.json", "preview_payload_full.json", "preview_payload_notify.json"],
+)
 def test_valid_examples_are_accepted(name: str) -> None:
-    """The minimal and full example payloads have no problems."""
+    """The minimal, full and webhook example payloads have no problems."""
     assert validate_payload(load(PAYLOADS / name)) == []
 
 

@@ -43,6 +43,10 @@ def test_every_variable_is_read() -> None:
             "PREVIEW_QUEUED_TTL": "900",
             "PREVIEW_MAX_BODY_BYTES": "65536",
             "PREVIEW_ARTIFACT_URL_TTL": "120",
+            "PREVIEW_WEBHOOK_HOSTS": "hooks.example.com, 127.0.0.1:8123",
+            "PREVIEW_WEBHOOK_SECRET": "webhook-secret-0123456789",
+            "PREVIEW_WEBHOOK_RETRY_MAX": "8",
+            "PREVIEW_WEBHOOK_RETRY_BASE_DELAY": "5",
             "PREVIEW_LOG_LEVEL": "debug",
         }
     )
@@ -66,6 +70,10 @@ def test_every_variable_is_read() -> None:
         queued_ttl=900,
         max_body_bytes=65536,
         artifact_url_ttl=120,
+        webhook_hosts=("hooks.example.com", "127.0.0.1:8123"),
+        webhook_secret="webhook-secret-0123456789",
+        webhook_retry_max=8,
+        webhook_retry_base_delay=5.0,
         log_level="DEBUG",
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -133,9 +141,10 @@ SECRETS = {
     "REDIS_URL": "redis://operator:redis-pass-6f1c@cache.internal:6379/0?password=query-pass-90ab",
     "PREVIEW_API_TOKENS": "api-token-one-4d2e9a,api-token-two-77c0f3",
     "PREVIEW_SIGNING_KEY": "signing-key-b85e1d33",
+    "PREVIEW_WEBHOOK_SECRET": "webhook-secret-3a9c51e7",
 }
 SECRET_VALUES = ["redis-pass-6f1c", "query-pass-90ab", "api-token-one-4d2e9a",
-                 "api-token-two-77c0f3", "signing-key-b85e1d33"]
+                 "api-token-two-77c0f3", "signing-key-b85e1d33", "webhook-secret-3a9c51e7"]
 
 
 def shown_forms(value: object) -> list[str]:
@@ -153,6 +162,7 @@ def test_settings_never_print_a_secret() -> None:
     text = repr(settings)
     assert "cache.internal:6379" in text and "operator" in text  # the URL, password hidden
     assert "api_tokens=('***', '***')" in text and "signing_key='***'" in text
+    assert "webhook_secret='***'" in text
     assert all(f"{field.name}=" in text for field in dataclasses.fields(Settings))
 
 

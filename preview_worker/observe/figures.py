@@ -20,7 +20,12 @@ from rq.utils import utcparse
 from rq.worker import WorkerStatus
 
 from preview_worker import keys, queueing
-from preview_worker.observe.outcomes import DURATION_BUCKETS, OUTCOMES, bound_name
+from preview_worker.observe.outcomes import (
+    DURATION_BUCKETS,
+    OUTCOMES,
+    WEBHOOK_OUTCOMES,
+    bound_name,
+)
 from preview_worker.settings import Settings
 
 # Seconds past the longest silence a live foreign worker keeps (an idle one beats every
@@ -135,6 +140,35 @@ def _is_live(name: str, heartbeat: Any, alive: bool, window: float) -> bool:
     return time.time() - utcparse(keys.text(heartbeat)).timestamp() < window
 
 
+@dataclass(frozen=True)
+class WebhookFigures:
+    """The webhook deliveries: attempts counted by outcome, waiting ones, dead letters."""
+
+    outcomes: dict[str, int] = field(default_factory=dict)
+    depth: int = 0  # deliveries waiting on the webhooks queue (retries wait scheduled)
+    dlq_size: int = 0  # deliveries that failed their last attempt, not yet expired
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the figures as clients see them."""
+        return {
+            "depth": self.depth,
+            "dlqSize": self.dlq_size,
+            "deliveries": {name: self.outcomes.get(name, 0) for name in WEBHOOK_OUTCOMES},
+        }
+
+
+def read_webhooks(connection: redis.Redis, settings: Settings) -> WebhookFigures:
+    """Read the webhook figures in one round trip."""
+    name = queueing.queue_name(settings, queueing.WEBHOOKS)
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.WEBHOOK_OUTCOMES)
+        pipe.llen(keys.queue_key(name))
+        pipe.zcount(keys.failed_key(name), f"({time.time()}", "+inf")
+        counts, depth, dead = pipe.execute()
+    outcomes = {keys.text(outcome): int(count) for outcome, count in counts.items()}
+    return WebhookFigures(outcomes, int(depth), int(dead))
+
+
 @dataclass
 class DurationHistogram:
     """A queue's recorded job durations: cumulative bucket counts (as Prometheus), sum, count."""
@@ -188,12 +222,14 @@ class QueuePicture:
     workers: WorkerFigures = field(default_factory=lambda: WorkerFigures(0, 0, 0))
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     durations: dict[str, DurationHistogram] = field(default_factory=dict)
+    webhooks: WebhookFigures = field(default_factory=WebhookFigures)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the picture as the JSON metrics answer gives it."""
         return {
             "queues": {queue.name: self._queue_dict(queue) for queue in self.queues},
             "workers": self.workers.as_dict(),
+            "webhooks": self.webhooks.as_dict(),
         }
 
     def _queue_dict(self, queue: QueueFigures) -> dict[str, Any]:
@@ -222,6 +258,7 @@ def read_picture(connection: redis.Redis, settings: Settings) -> QueuePicture:
         workers=read_workers(connection, settings),
         outcomes=read_outcomes(connection),
         durations=read_durations(connection, names),
+        webhooks=read_webhooks(connection, settings),
     )
 
 

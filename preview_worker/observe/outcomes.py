@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 OUTCOMES = (
     "enqueued", "duplicate", "rejected", "succeeded", "retried", "dead_lettered", "canceled"
 )
+# How one attempt of a webhook delivery ended: a 2xx answer; a failure with retries left;
+# the last failure (the delivery is dead-lettered); a host it may not call (no retry).
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "refused")
 # Upper bounds of the duration histogram's buckets, in seconds.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
 

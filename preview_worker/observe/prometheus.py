@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import (
 )
 
 from preview_worker.observe.figures import QueueFigures, QueuePicture, read_picture
-from preview_worker.observe.outcomes import OUTCOMES, bound_name
+from preview_worker.observe.outcomes import OUTCOMES, WEBHOOK_OUTCOMES, bound_name
 from preview_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def _families(picture: QueuePicture) -> list[Metric]:
                    "Seconds the job at the head of a queue has waited; 0 when empty.",
                    lambda queue: queue.oldest_age),
         _workers(picture),
+        _webhook_deliveries(picture),
     ]
 
 
@@ -78,6 +79,19 @@ def _jobs(picture: QueuePicture) -> CounterMetricFamily:
     for queue in picture.queues:
         for outcome in OUTCOMES:
             family.add_metric([queue.name, outcome], picture.outcomes.get((queue.name, outcome), 0))
+    return family
+
+
+def _webhook_deliveries(picture: QueuePicture) -> CounterMetricFamily:
+    """Count webhook delivery attempts by outcome, every outcome present from zero."""
+    family = CounterMetricFamily(
+        "preview_webhook_deliveries",
+        "Webhook delivery attempts by outcome: delivered, retried, failed (the last attempt), "
+        "refused (a host it may not call).",
+        labels=["outcome"],
+    )
+    for outcome in WEBHOOK_OUTCOMES:
+        family.add_metric([outcome], picture.webhooks.outcomes.get(outcome, 0))
     return family
 
 

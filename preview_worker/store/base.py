@@ -68,3 +68,6 @@ class ArtifactStore(Protocol):
 
     def remove_abandoned(self, older_than: float = ABANDONED_AFTER) -> int:
         """Remove unfinished copies left by writers killed mid-write; return how many."""
+
+    def check(self) -> None:
+        """Make one cheap request that shows the store can be used now; StorageError if not."""

@@ -54,3 +54,6 @@ class DirectoryStore:
     def remove_abandoned(self, older_than: float = 0.0) -> int:
         """Remove nothing: a folder of the user's is theirs to tidy."""
         return 0
+
+    def check(self) -> None:
+        """Check nothing: the folder is made, or refused, when the files are written."""

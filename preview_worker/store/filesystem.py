@@ -74,12 +74,37 @@ class FileStore:
 
     def open(self, key: str, name: str) -> StoredFile:
         """Open one stored file to read it in pieces; FileNotFoundError when there is none."""
-        stream = open(self.path_of(key, name), "rb")  # the caller closes it
+        path = self.path_of(key, name)
+        try:
+            stream = open(path, "rb")  # the caller closes it
+        except (FileNotFoundError, NotADirectoryError):
+            raise
+        except OSError as error:  # not allowed, a failing disk, a lost network mount
+            raise StorageError(f"cannot read {path}: {error}") from error
         return StoredFile(stream, os.fstat(stream.fileno()).st_size)
 
     def location(self, key: str) -> str:
         """Return the directory of a key."""
         return str(self.directory_of(key))
+
+    def check(self) -> None:
+        """Make sure files can be made in the store now, leaving nothing behind.
+
+        A nameless file is made in the store's folder and dropped; before the first preview
+        made that folder, the closest folder that exists must let one be made in it.
+        """
+        try:
+            folder = next(path for path in (self.previews, *self.previews.parents)
+                          if path.exists())
+            if folder == self.previews:
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+            elif not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(folder))
+            elif not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "cannot make a folder in", str(folder))
+        except OSError as error:
+            raise StorageError(f"cannot write under {self.previews}: {error}") from error
 
     def remove_abandoned(self, older_than: float = ABANDONED_AFTER) -> int:
         """Remove temporary directories left by writers killed mid-write; return how many."""

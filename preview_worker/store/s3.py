@@ -231,6 +231,11 @@ class S3Store:
             self._delete_object(entry)
         return removed
 
+    def check(self) -> None:
+        """Ask whether the bucket is there and ours to use: one HEAD request."""
+        with store_errors(f"look up the bucket {self.bucket}"):
+            self.client.head_bucket(Bucket=self.bucket)
+
     def _pending_key(self, key: str) -> str:
         """Return the object key of a key's pending entry."""
         return f"{self.root}{UNFINISHED}/{check_key(key)}"

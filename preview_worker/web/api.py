@@ -11,10 +11,17 @@ from werkzeug.wsgi import wrap_file
 
 from preview_worker import dead_letters, events, keys, queueing
 from preview_worker.previews import UnknownArtifact, artifact_policy, open_artifact
-from preview_worker.schema import PayloadNotJSON, PayloadTooLarge, first_problems, parse_payload
+from preview_worker.schema import (
+    FirstProblems,
+    PayloadNotJSON,
+    PayloadTooLarge,
+    first_problems,
+    parse_payload,
+)
 from preview_worker.signing import link_artifacts
 from preview_worker.web.shared import BATCH_OUTCOMES, answer, error_response, shared
 from preview_worker.web.streams import sync_stream
+from preview_worker.webhooks.hosts import payload_problems
 
 blueprint = Blueprint("preview", __name__)
 
@@ -78,6 +85,10 @@ def submit_job() -> Response:
         return error_response(
             422, "invalid_payload", message, details=found.as_dicts(), moreProblems=found.more
         )
+    refused = payload_problems(payload, settings)  # a webhook host the service does not allow
+    if refused:
+        return error_response(422, "invalid_payload", "the payload is invalid",
+                              details=[problem.as_dict() for problem in refused], moreProblems=0)
     chosen = payload.get("requestId")
     if "X-Request-ID" not in request.headers and isinstance(chosen, str):
         g.request_id = chosen  # valid, so it matches REQUEST_ID: the payload's correlation id
@@ -113,6 +124,8 @@ def submit_jobs() -> Response:
     valid: list[int] = []
     for index, item in enumerate(jobs):
         found = first_problems(item)
+        if found.valid:
+            found = FirstProblems.of(payload_problems(item, settings))
         if found.valid:
             valid.append(index)
         else:
@@ -152,7 +165,7 @@ EVENTS_ON_LOOP = "preview.events_on_loop"
 # The answer's header that hands a stream to the server's loop: "<job id> <last event id>".
 # The server takes it off before the answer goes out.
 EVENTS_HANDOFF = "X-Preview-Event-Stream"
-EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")  # a Redis stream id, as events carry
+EVENT_ID = re.compile(events.EVENT_ID_PATTERN)
 
 
 @blueprint.get("/job/<job_id>/events")

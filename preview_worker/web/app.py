@@ -21,7 +21,7 @@ from preview_worker.embedded_redis import known_redis_url
 from preview_worker.logs import configure_logging, use_request_ids
 from preview_worker.settings import Settings, SettingsError, load_settings
 from preview_worker.signing import API_PREFIX, signer_for
-from preview_worker.store import store_for
+from preview_worker.store import StorageError, StoreUnreachable, store_for
 from preview_worker.web.api import blueprint
 from preview_worker.web.dashboard import PREFIX as DASHBOARD
 from preview_worker.web.dashboard import init_dashboard
@@ -184,6 +184,18 @@ def init_errors(app: Flask) -> None:
         log.error("Redis is unreachable or refuses writes: %s", error)
         response = error_response(
             503, "unavailable", "the job queue is unreachable or refuses writes; retry soon"
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+
+    # Serving an artifact needs the store. Whether it did not answer or refused, nothing is
+    # wrong with the request: a retry may succeed, and health says which.
+    @app.errorhandler(StorageError)
+    def store_unavailable(error: StorageError) -> Response:
+        log.error("the artifact store cannot be read: %s", error)
+        state = "unreachable" if isinstance(error, StoreUnreachable) else "failing"
+        response = error_response(
+            503, "store_unavailable", f"the artifact store is {state}; retry soon"
         )
         response.headers["Retry-After"] = "5"
         return response

@@ -11,7 +11,12 @@ import redis
 from flask import Flask, Response, redirect, request, send_from_directory
 from werkzeug.wrappers import Response as ResponseBase
 
-from preview_worker.queueing import DEFAULT_PRIORITY, queue_name, queue_names, register_queues
+from preview_worker.queueing import (
+    DEFAULT_PRIORITY,
+    queue_name,
+    register_queues,
+    worker_queue_names,
+)
 from preview_worker.web.shared import error_response, preview_of
 
 log = logging.getLogger(__name__)
@@ -53,7 +58,7 @@ def init_dashboard(app: Flask, redis_url: str) -> None:
         return send_from_directory(icons, "favicon.ico", mimetype="image/vnd.microsoft.icon")
 
     settings = preview_of(app).settings
-    ours = set(queue_names(settings))
+    ours = set(worker_queue_names(settings))  # the webhooks' dead letters are ours to requeue
     first = queue_name(settings, DEFAULT_PRIORITY)  # where most jobs are
     try:
         register_queues(preview_of(app).connection, settings)
