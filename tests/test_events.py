@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,29 @@ def test_an_unknown_job_or_a_bad_last_event_id_is_refused(
     assert bad.answer.status == 400
     unknown.close()
     bad.close()
+
+
+def open_streams(base: str) -> float:
+    """Return the server's gauge of open event streams."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = [line for line in text.splitlines() if line.startswith("preview_event_streams_open")]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_open_streams_are_counted_while_they_are_open(
+    served_events: tuple[str, dict[str, str]]
+) -> None:
+    """Given two streams open on a waiting job, the gauge says 2; once closed, 0."""
+    base, _ = served_events
+    job_id = submit_over_http(base, payload(revision=4))["jobId"]
+    readers = [EventReader(base, f"/api/preview/job/{job_id}/events") for _ in range(2)]
+    for reader in readers:
+        next(reader.messages())  # queued: the stream is being served
+    assert open_streams(base) == 2
+    for reader in readers:
+        reader.close()
+    wait_until(lambda: open_streams(base) == 0, 20, "the streams to close")
 
 
 def test_a_redis_that_lost_our_scripts_still_gets_each_event_once(
