@@ -14,25 +14,13 @@ import pytest
 import redis
 
 from preview_worker import events, keys, queueing
-from preview_worker.settings import Settings, get_settings
+from preview_worker.settings import Settings
 from preview_worker.worker import PreviewWorker
 
 from .conftest import payload, service_environment
 from .processes import running_worker, serving, wait_until
 
 TOKEN = "events-token-0123456789"
-
-
-@pytest.fixture
-def worker_settings(
-    redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """Point an in-process worker's own settings at the test Redis and data directory."""
-    for name, value in service_environment(redis_url, data_dir, PREVIEW_RETRY_MAX="0").items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 def work(connection: redis.Redis, settings: Settings) -> None:
@@ -48,7 +36,7 @@ def kinds(connection: redis.Redis, job_id: str) -> list[str]:
 
 
 def test_a_rendered_job_tells_queued_started_and_finished_with_its_answer(
-    redis_client: redis.Redis, settings: Settings, worker_settings: None
+    redis_client: redis.Redis, settings: Settings, worker_environment: None
 ) -> None:
     """Given a job run by our worker, its stream holds queued, started, finished, in order."""
     job_id = queueing.submit(redis_client, settings, payload()).job_id
@@ -66,7 +54,7 @@ def test_a_rendered_job_tells_queued_started_and_finished_with_its_answer(
 
 
 def test_a_job_that_fails_for_good_tells_why(
-    redis_client: redis.Redis, settings: Settings, worker_settings: None
+    redis_client: redis.Redis, settings: Settings, worker_environment: None
 ) -> None:
     """Given a payload the worker refuses, the stream ends dead-lettered with the reason."""
     broken = payload(content={"title": "", "steps": []})  # invalid: the worker checks again
@@ -248,7 +236,7 @@ def test_open_streams_are_counted_while_they_are_open(
 
 
 def test_a_redis_that_lost_our_scripts_still_gets_each_event_once(
-    redis_client: redis.Redis, settings: Settings, worker_settings: None
+    redis_client: redis.Redis, settings: Settings, worker_environment: None
 ) -> None:
     """Given Redis's scripts flushed (as by a restart), a job's end is told and counted once:
     only the script calls that Redis refused are sent again."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,28 +14,16 @@ from rq.job import Job
 
 from preview_worker import progress, queueing
 from preview_worker.observe import figures
-from preview_worker.settings import Settings, get_settings
+from preview_worker.settings import Settings
 from preview_worker.worker import PreviewWorker
 
-from .conftest import payload, service_environment
+from .conftest import payload
 
 JOBS = 5
 
 
 def noop(submitted: dict[str, Any]) -> None:
     """Do nothing: a job that measures only the queue's own round trips."""
-
-
-@pytest.fixture
-def worker_settings(
-    redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """Point the render job's own settings at the test Redis and data directory."""
-    for name, value in service_environment(redis_url, data_dir).items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 class MainThreadTrips:
@@ -70,7 +56,7 @@ def trips_per_job(trips: MainThreadTrips, enqueue: Any, work: Any) -> float:
 
 def test_our_worker_spends_fewer_round_trips_per_job_than_raw_rq(
     redis_client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch,
-    worker_settings: None,
+    worker_environment: None,
 ) -> None:
     """Given no-op jobs and render jobs, our worker's round trips per job stay below raw
     RQ's SimpleWorker on no-op jobs (heartbeats pipelined, progress written with the end)."""
@@ -95,7 +81,7 @@ def test_our_worker_spends_fewer_round_trips_per_job_than_raw_rq(
 
 
 def test_a_finished_job_shows_done(
-    redis_client: redis.Redis, settings: Settings, worker_settings: None
+    redis_client: redis.Redis, settings: Settings, worker_environment: None
 ) -> None:
     """Given a rendered job, its status shows progress done at 100, as written by its end."""
     job_id = queueing.submit(redis_client, settings, payload()).job_id
