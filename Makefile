@@ -23,17 +23,15 @@ install: $(INSTALLED)
 run: $(INSTALLED)
 	$(BIN)/preview-worker run $(if $(BIND),--bind $(BIND))
 
-# The tests that render, store and serve artifacts, run again on the object store.
-OBJECT_STORE_TESTS := tests/test_workers.py tests/test_api.py tests/test_events.py
-
 # The tests start their own private redis-server (see tests/conftest.py), and moto's S3
 # server for the object store (see tests/object_store.py).
 test: $(INSTALLED)
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory test-object-store
 
+# The tests marked both_stores (they render, store or serve artifacts), again on an S3 API.
 test-object-store: $(INSTALLED)
-	PREVIEW_TEST_STORE=s3 $(BIN)/pytest $(OBJECT_STORE_TESTS)
+	PREVIEW_TEST_STORE=s3 $(BIN)/pytest -m both_stores
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

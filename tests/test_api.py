@@ -199,6 +199,7 @@ def test_request_id_is_echoed_stored_and_replaced_when_unsafe(
     assert unsafe.headers["X-Request-ID"] != "<script>" and len(unsafe.headers["X-Request-ID"])
 
 
+@pytest.mark.both_stores
 def test_finished_job_links_signed_artifacts(client: FlaskClient, app: Flask) -> None:
     """Given a finished job, its status links artifacts served with safe headers."""
     job_id = client.post("/api/preview/job", json=payload()).get_json()["jobId"]
@@ -218,6 +219,7 @@ def test_finished_job_links_signed_artifacts(client: FlaskClient, app: Flask) ->
     assert_envelope(app.test_client().get(links["index.html"][:-3] + "abc"), 403, "forbidden")
 
 
+@pytest.mark.both_stores
 def test_expired_artifact_links_are_refused(
     make_app: AppMaker, redis_client: redis.Redis
 ) -> None:
@@ -302,6 +304,7 @@ def test_prometheus_text_counts_outcomes(client: FlaskClient, app: Flask) -> Non
     assert "flask_http_request_total" in text
 
 
+@pytest.mark.both_stores
 def test_every_answer_matches_the_openapi_description(client: FlaskClient, app: Flask) -> None:
     """Given calls that reach every path and most answers, each answer fits the description."""
     from openapi_core import OpenAPI
@@ -367,6 +370,7 @@ def test_the_description_asks_for_a_token_exactly_where_the_api_does(app: Flask)
             assert (response.status_code == 401) == required, f"{method.upper()} {template}"
 
 
+@pytest.mark.both_stores
 def test_artifacts_are_served_from_the_store_under_test(
     app: Flask, store_under_test: ObjectStore | None
 ) -> None:
@@ -378,6 +382,7 @@ def test_artifacts_are_served_from_the_store_under_test(
         assert isinstance(store, S3Store) and store.bucket == store_under_test.bucket
 
 
+@pytest.mark.both_stores
 def test_an_artifact_is_streamed_not_read_whole(app: Flask) -> None:
     """Given a 32 MiB stored page, serving it holds a few blocks in memory, not the file."""
     import tracemalloc
@@ -471,6 +476,7 @@ def test_an_invalid_payload_lists_its_first_hundred_problems(client: FlaskClient
     assert few["moreProblems"] == 0 and len(few["details"]) == 1
 
 
+@pytest.mark.both_stores
 def test_every_content_type_names_its_charset_once(client: FlaskClient, app: Flask) -> None:
     """Artifacts, Prometheus text and JSON answers carry one charset at most, as sent."""
     shared = preview_of(app)
@@ -504,6 +510,7 @@ def test_the_payloads_request_id_correlates_when_no_header_does(
     ("setting", "ancestors"),
     [("", "'none'"), ("https://editor.example.com 'self'", "https://editor.example.com 'self'")],
 )
+@pytest.mark.both_stores
 def test_who_may_frame_an_artifact_is_a_setting(
     make_app: AppMaker, setting: str, ancestors: str
 ) -> None:

@@ -197,6 +197,7 @@ SUBMIT_FOR = 30.0  # seconds over which the jobs arrive, so they keep coming whi
 
 
 @pytest.mark.slow
+@pytest.mark.file_store  # it looks for half-written preview directories on disk
 def test_random_sigkills_lose_no_job_and_corrupt_no_artifact(
     redis_client: redis.Redis,
     settings: Settings,
@@ -332,6 +333,7 @@ RETRY_BASE_DELAY = "2"
 
 
 @pytest.mark.slow
+@pytest.mark.file_store  # DATA_DIR's permissions take writes away and back
 def test_store_unwritable_mid_run_retries_and_shows_nothing_partial(
     redis_client: redis.Redis, redis_url: str, data_dir: Path, tmp_path: Path, report: Report
 ) -> None:

@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 import redis
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry
@@ -102,6 +103,7 @@ def test_dead_letter_count_skips_expired_entries_and_cleans_nothing(
     assert redis_client.zcard(registry_key) == 2
 
 
+@pytest.mark.file_store  # about DATA_DIR; tests/test_s3_store.py checks a bucket's health
 def test_a_store_that_cannot_be_written_fails_health_and_says_why(
     redis_client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:

@@ -389,13 +389,13 @@ def test_health_waits_for_a_silent_store_once_and_checks_it_on_one_thread(
     started = time.monotonic()
     first = health.health_report(redis_client, settings)
     waited = time.monotonic() - started
-    assert health.STORE_TIMEOUT <= waited < health.STORE_TIMEOUT + 1
+    assert health.STORE_TIMEOUT <= waited < health.STORE_TIMEOUT + 2
     assert first.ok is False and first.store.ok is False
-    assert "has not answered for 2.0 s" in str(first.store.error)
+    assert str(first.store.error).startswith("the store has not answered for 2.")
     checking = [thread for thread in threading.enumerate() if thread.name == "store-check"]
     started = time.monotonic()
     again = [health.health_report(redis_client, settings) for _ in range(3)]
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 1.0  # no report waits for the store again
     assert all(not report.store.ok and "has not answered" in str(report.store.error)
                for report in again)
     still = [thread for thread in threading.enumerate() if thread.name == "store-check"]

@@ -542,6 +542,7 @@ def signed(signer: ArtifactSigner, target: str) -> str:
     return f"{target}?token={signer.token(digest, name)}"
 
 
+@pytest.mark.file_store  # a secret planted beside DATA_DIR must stay out of reach
 def test_hostile_paths_get_a_4xx_envelope_and_nothing_outside_the_store(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path, data_dir: Path
 ) -> None:
@@ -590,11 +591,11 @@ def test_hostile_paths_get_a_4xx_envelope_and_nothing_outside_the_store(
 # 5. Artifact signatures: the forgeries tests/test_api.py does not try.
 
 
-def test_forged_artifact_signatures_are_refused(make_app: AppMaker, data_dir: Path) -> None:
+def test_forged_artifact_signatures_are_refused(make_app: AppMaker) -> None:
     """Given a stored preview, only a token signed with the configured key and salt opens it."""
     app = make_app(PREVIEW_API_TOKENS=TOKENS[0], PREVIEW_SIGNING_KEY=SIGNING_KEY)
     client = app.test_client()
-    store = FileStore(data_dir)
+    store = preview_of(app).store
     digest = store_preview(store, payload()).hash
     other = store_preview(store, payload(content={**payload()["content"], "title": "Other"})).hash
     assert other != digest

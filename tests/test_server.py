@@ -70,6 +70,7 @@ def served(redis_server: EmbeddedRedis, data_dir: Path) -> Iterator[tuple[str, d
         yield base, environment
 
 
+@pytest.mark.file_store  # a worker with a DATA_DIR that cannot be made fails its job
 def test_jobs_through_the_server_and_a_worker_show_in_metrics(
     served: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:

@@ -50,6 +50,7 @@ def is_rendering(connection: redis.Redis, job_id: str) -> bool:
     return bool(status["status"] == "started" and status["progress"]["stage"] == "page")
 
 
+@pytest.mark.both_stores
 def test_high_job_runs_before_fifty_low_ones(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
@@ -67,6 +68,7 @@ def test_high_job_runs_before_fifty_low_ones(
     assert started[high] < min(started[low] for low in lows)
 
 
+@pytest.mark.both_stores
 def test_transient_failures_retry_with_growing_gaps_then_dead_letter(
     redis_client: redis.Redis, redis_url: str, data_dir: Path, refuse_writes: Callable[[], None]
 ) -> None:
@@ -109,6 +111,7 @@ def test_permanent_failure_is_dead_lettered_after_one_attempt(
     assert "Traceback" not in str(status)
 
 
+@pytest.mark.both_stores
 @pytest.mark.parametrize("kind", ["simple", "fork"])
 def test_cancel_stops_a_running_job_and_a_resubmission_runs_in_full(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path, kind: str,
@@ -135,6 +138,7 @@ def test_cancel_stops_a_running_job_and_a_resubmission_runs_in_full(
     assert stored_previews() == [status_of(redis_client, job_id)["result"]["artifactHash"]]
 
 
+@pytest.mark.both_stores
 def test_stock_rq_worker_runs_jobs_and_dead_letters_failures(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
@@ -168,6 +172,7 @@ def test_job_of_a_killed_worker_is_recovered_within_a_minute(
     assert time.monotonic() - killed_at < 60
 
 
+@pytest.mark.both_stores
 def test_sigterm_lets_the_running_job_finish(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path
 ) -> None:
@@ -188,6 +193,7 @@ def test_sigterm_lets_the_running_job_finish(
     assert status_of(redis_client, running)["attempts"] == 1
 
 
+@pytest.mark.both_stores
 def test_fifty_threads_submitting_one_key_while_workers_run_make_one_render(
     redis_client: redis.Redis, settings: Settings, redis_url: str, data_dir: Path,
     stored_previews: Callable[[], list[str]],
