@@ -249,7 +249,10 @@ def enqueue(settings: Settings, paths: tuple[str, ...], priority: str | None, wa
     # Batches of PREVIEW_BATCH_MAX: one Redis round trip each, every file answered on its own.
     for start in range(0, len(payloads), settings.batch_max):
         chunk = payloads[start : start + settings.batch_max]
-        outcomes = queueing.submit_many(connection, settings, chunk)
+        try:
+            outcomes = queueing.submit_many(connection, settings, chunk)
+        except redis.RedisError as error:  # down, full, or too few replicas acknowledged
+            raise click.ClickException(f"Redis did not take the jobs: {error}") from None
         for result, outcome in zip(results[start:], outcomes, strict=False):
             if isinstance(outcome, queueing.Submission):
                 submissions.append(outcome)

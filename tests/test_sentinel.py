@@ -87,9 +87,11 @@ def test_connect_gives_a_client_of_the_primary_with_the_usual_timeouts() -> None
     pool = connection.connection_pool
     assert isinstance(pool, redis.sentinel.SentinelConnectionPool)
     assert pool.service_name == "preview"
-    assert [(each.connection_pool.connection_kwargs["host"], each.connection_pool.connection_kwargs[
-        "port"]) for each in pool.sentinel_manager.sentinels] == list(
-            parse_sentinel_url(URL).sentinels)
+    asked = [each.connection_pool.connection_kwargs for each in pool.sentinel_manager.sentinels]
+    assert [(kwargs["host"], kwargs["port"]) for kwargs in asked] == [
+        ("10.0.0.1", 26379), ("10.0.0.2", 26379), ("::1", 26380)
+    ]
+    assert all(kwargs["socket_timeout"] == 1 for kwargs in asked)  # a sentinel answers at once
     options = pool.connection_kwargs
     assert (options["socket_connect_timeout"], options["socket_timeout"]) == (2, 10)
     assert (options["db"], options["password"]) == (2, "s3cret/pass")

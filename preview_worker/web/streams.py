@@ -23,6 +23,7 @@ import redis
 import redis.asyncio
 
 from preview_worker import events, keys
+from preview_worker.connections import connect_async
 from preview_worker.signing import ArtifactSigner, link_artifacts
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,8 @@ class EventHub:
     def _client(self) -> redis.asyncio.Redis:
         """Return the hub's own connection pool, opened on first use."""
         if self.client is None:
-            self.client = redis.asyncio.Redis.from_url(
-                self.redis_url, socket_connect_timeout=2, socket_timeout=NEWS_BLOCK_MS / 1000 + 10
-            )
+            # A Sentinel URL too: connect_async asks the sentinels for the primary.
+            self.client = connect_async(self.redis_url, socket_timeout=NEWS_BLOCK_MS / 1000 + 10)
         return self.client
 
     async def history(self, job_id: str, after: str) -> list[events.Event]:
