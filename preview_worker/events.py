@@ -64,6 +64,12 @@ def append(pipe: Any, job_id: str, kind: str, data: dict[str, Any], ttl: int) ->
     pipe.xadd(keys.NEWS, {"job": job_id}, maxlen=MAX_NEWS, approximate=True)
 
 
+def tell(pipe: Any, job: Job, kind: str, data: dict[str, Any]) -> None:
+    """Queue a job's meta and one event of it on a pipeline: a change and its telling."""
+    pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+    append(pipe, job.id, kind, data, lifetime_of(job))
+
+
 def read_entry(entry: tuple[Any, dict[Any, Any]]) -> Event:
     """Read one stream entry."""
     raw_id, fields = entry

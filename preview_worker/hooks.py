@@ -31,8 +31,7 @@ def _with_event(
     """Return the writes that go with a count: the job's meta, its event, and at a final end
     (the status it ends in) the delivery of its webhook."""
     def writes(pipe: Any) -> None:
-        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
-        events.append(pipe, job.id, kind, data, events.lifetime_of(job))
+        events.tell(pipe, job, kind, data)
         if end is not None:
             notices.schedule(pipe, job, end, result)
     return writes

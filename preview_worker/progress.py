@@ -47,8 +47,7 @@ def _write(job: Job, kind: str = "progress") -> None:
     stage = job.meta["progress"]
     data = {"attempt": len(job.meta["attempts"])} if kind == "started" else dict(stage)
     with job.connection.pipeline(transaction=False) as pipe:
-        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
-        events.append(pipe, job.id, kind, data, events.lifetime_of(job))
+        events.tell(pipe, job, kind, data)
         pipe.execute()
 
 

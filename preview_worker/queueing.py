@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from preview_worker import events, hooks, keys
 from preview_worker.admission import Admission, Candidate, JobTemplate, admit, admit_all
 from preview_worker.canonical import canonical_json
-from preview_worker.observe.outcomes import end_key_of, forget, record_end
+from preview_worker.observe.outcomes import record_end
 from preview_worker.retries import backoff_delays, retry_policy
 from preview_worker.schema import default_of
 from preview_worker.settings import Settings
@@ -344,8 +344,7 @@ def cancel(connection: redis.Redis, job_id: str) -> str:
         events.append(pipe, job.id, "canceled", {"reason": reason}, events.lifetime_of(job))
         notices.schedule(pipe, job, JobStatus.CANCELED)
 
-    record_end(connection, job, "canceled", also=writes)
-    forget(connection, job.id, end_key_of(job))
+    record_end(connection, job, "canceled", also=writes, saved=True)
     return JobStatus.CANCELED.value
 
 

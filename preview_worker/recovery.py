@@ -27,8 +27,6 @@ from preview_worker import events, keys
 from preview_worker.observe.outcomes import (
     EndSeen,
     end_key,
-    end_key_of,
-    forget,
     record_end,
     record_outcome,
     settle_ends,
@@ -325,6 +323,6 @@ def _dead_letter(
         )
         notices.schedule(pipe, job, JobStatus.FAILED)
 
-    record_end(connection, job, "canceled" if canceled else "dead_lettered", also=writes)
-    forget(connection, job.id, end_key_of(job))
+    record_end(connection, job, "canceled" if canceled else "dead_lettered", also=writes,
+               saved=True)
     report.dead_lettered.append(job.id)

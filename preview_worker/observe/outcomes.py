@@ -89,18 +89,20 @@ def record_outcome(
     duration: float | None = None,
     settle: str | None = None,
     also: Callable[[Any], object] | None = None,
+    forget_id: str = "",
 ) -> bool:
     """Count one outcome of a job on a queue (and its duration); never raise.
 
     With settle=the key of a job's end, the outcome counts only if nobody counted that
     end before: each end is counted once, whoever sees it (a hook, cancel, recovery).
     also(pipe) queues the writes that go with it (a job's meta, its event) in the same
-    round trip, before the count.
+    round trip, before the count. With forget_id=the job's id (its end is saved), the
+    same script stops watching the job and drops the mark of its count.
     """
     def fill(pipe: Any) -> None:
         if also is not None:
             also(pipe)
-        _record(pipe, queue, outcome, duration, settle or "")
+        _record(pipe, queue, outcome, duration, settle or "", forget_id)
 
     try:
         return bool(pipelined(connection, fill, [RECORD])[-1])
@@ -144,20 +146,15 @@ def record_end(
     outcome: str,
     duration: float | None = None,
     also: Callable[[Any], object] | None = None,
+    saved: bool = False,
 ) -> None:
     """Count a job's end unless it was counted already, with also()'s writes beside it.
 
     Hooks, cancel and recovery may all see the same end; only the first counts it. Hooks run
     before RQ saves the job's new status, so they leave forgetting the job to recovery,
     which sees the saved status; a worker killed in between leaves a job recovery still
-    watches.
+    watches. Cancel and recovery, which have saved the end (saved=True), forget the job in
+    the same step.
     """
-    record_outcome(connection, job.origin, outcome, duration, settle=end_key_of(job), also=also)
-
-
-def forget(connection: redis.Redis, job_id: str, key: str) -> None:
-    """Stop watching a job whose end is saved, and drop the mark that it was counted."""
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.zrem(keys.ACCEPTED, job_id)
-        pipe.hdel(keys.COUNTED, key)
-        pipe.execute()
+    record_outcome(connection, job.origin, outcome, duration, settle=end_key_of(job),
+                   also=also, forget_id=job.id if saved else "")
